@@ -1,0 +1,25 @@
+#ifndef NESTAD_KERNELS_ACTIVATIONS_ELU_H_
+#define NESTAD_KERNELS_ACTIVATIONS_ELU_H_
+
+#include "../common.h"
+
+namespace nestad {
+
+// elu: y = x if x > 0 else alpha * (exp(x) - 1); f' = 1 if x > 0 else alpha * exp(x).
+// Tails: -inf gives (-alpha, 0); +inf gives (+inf, 1).
+struct Elu : NoParamCheck {
+  static constexpr int kNumParams = 1;  // alpha
+  float alpha;
+  NESTAD_HD explicit Elu(const float* p) : alpha(p[0]) {}
+  template <typename T>
+  NESTAD_HD void operator()(T x, T& y, T& d) const {
+    const T a = T(alpha);
+    const T u = Min(x, T(0));
+    y = x > T(0) ? x : a * Expm1(u);
+    d = x > T(0) ? T(1) : a * Exp(u);
+  }
+};
+
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_ACTIVATIONS_ELU_H_

@@ -1,0 +1,22 @@
+#ifndef NESTAD_KERNELS_ACTIVATIONS_LEAKY_RELU_H_
+#define NESTAD_KERNELS_ACTIVATIONS_LEAKY_RELU_H_
+
+#include "../common.h"
+
+namespace nestad {
+
+// leaky_relu: y = x if x > 0 else negative_slope * x; f' = 1 if x > 0 else negative_slope.
+struct LeakyRelu : NoParamCheck {
+  static constexpr int kNumParams = 1;  // negative_slope
+  float slope;
+  NESTAD_HD explicit LeakyRelu(const float* p) : slope(p[0]) {}
+  template <typename T>
+  NESTAD_HD void operator()(T x, T& y, T& d) const {
+    y = x > T(0) ? x : T(slope) * x;
+    d = x > T(0) ? T(1) : T(slope);
+  }
+};
+
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_ACTIVATIONS_LEAKY_RELU_H_

@@ -1,0 +1,22 @@
+#ifndef NESTAD_KERNELS_ACTIVATIONS_SOFTSIGN_H_
+#define NESTAD_KERNELS_ACTIVATIONS_SOFTSIGN_H_
+
+#include "../common.h"
+
+namespace nestad {
+
+// softsign: y = x / (1 + |x|); f' = 1 / (1 + |x|)^2. Tails: +-inf gives (+-1, 0).
+struct Softsign : NoParamCheck {
+  static constexpr int kNumParams = 0;
+  NESTAD_HD explicit Softsign(const float*) {}
+  template <typename T>
+  NESTAD_HD void operator()(T x, T& y, T& d) const {
+    const T q = T(1) / (T(1) + Abs(x));
+    y = IsInf(x) ? (x > T(0) ? T(1) : T(-1)) : x * q;
+    d = q * q;
+  }
+};
+
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_ACTIVATIONS_SOFTSIGN_H_

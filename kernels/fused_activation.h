@@ -1,0 +1,116 @@
+// The generic part of the fused activation kernels, free of TensorFlow so that
+// the CPU op, the CUDA kernels and the standalone GPU check all share it:
+//   * Kind: one enumerator per line of activations.def;
+//   * ResolveActivation: attribute values -> Kind, with clear errors;
+//   * VisitActivation: calls a visitor with the activation's functor;
+//   * FusedForwardElement / FusedBackwardElement: one element of each op.
+#ifndef NESTAD_KERNELS_FUSED_ACTIVATION_H_
+#define NESTAD_KERNELS_FUSED_ACTIVATION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+// First pass over the list: pulls in every activation's header.
+#define NESTAD_ACTIVATION(name, Functor)
+#include "activations.def"
+
+namespace nestad {
+
+enum class Kind : int {
+#define NESTAD_ACTIVATION(name, Functor) k_##name,
+#include "activations.def"
+  kCount
+};
+
+struct KindInfo {
+  const char* name;
+  int num_params;
+  const char* (*check)(const float* params);
+};
+
+inline const KindInfo& Info(Kind kind) {
+  static const KindInfo kTable[] = {
+#define NESTAD_ACTIVATION(name, Functor) {#name, Functor::kNumParams, &Functor::Check},
+#include "activations.def"
+  };
+  return kTable[static_cast<int>(kind)];
+}
+
+inline std::string KnownActivationNames() {
+  std::string names;
+  for (int i = 0; i < static_cast<int>(Kind::kCount); ++i) {
+    names += (i ? ", " : "") + std::string(Info(static_cast<Kind>(i)).name);
+  }
+  return names;
+}
+
+// Validates an activation name and its parameters. Returns "" and sets *kind,
+// or returns a message saying what is wrong.
+inline std::string ResolveActivation(const std::string& name, const std::vector<float>& params,
+                                     Kind* kind) {
+  for (int i = 0; i < static_cast<int>(Kind::kCount); ++i) {
+    const KindInfo& info = Info(static_cast<Kind>(i));
+    if (name != info.name) continue;
+    if (static_cast<int>(params.size()) != info.num_params) {
+      return "activation '" + name + "' takes " + std::to_string(info.num_params) +
+             " parameter(s), got " + std::to_string(params.size());
+    }
+    for (float p : params) {
+      if (p != p) return "activation '" + name + "': parameters must not be NaN";
+    }
+    if (const char* error = info.check(params.data())) return error;
+    *kind = static_cast<Kind>(i);
+    return "";
+  }
+  return "unknown activation '" + name + "'; the kernels know: " + KnownActivationNames();
+}
+
+// Calls visitor(Functor(params)) for the functor of `kind` and returns its result.
+template <typename Visitor>
+auto VisitActivation(Kind kind, const float* params, Visitor&& visitor)
+    -> decltype(visitor(Linear(params))) {
+  switch (kind) {
+#define NESTAD_ACTIVATION(name, Functor) \
+  case Kind::k_##name:                   \
+    return visitor(Functor(params));
+#include "activations.def"
+    default:
+      return visitor(Linear(params));  // unreachable: kinds come from ResolveActivation
+  }
+}
+
+// Compute type: float for float16/bfloat16/float32 tensors, double for float64.
+template <typename Storage>
+struct ComputeType {
+  using type = float;
+};
+template <>
+struct ComputeType<double> {
+  using type = double;
+};
+
+// y = f(x) and d = f'(x) for one element; NaN in gives NaN out in both.
+template <typename Functor, typename Storage>
+NESTAD_HD void FusedForwardElement(const Functor& f, Storage x_in, Storage& y_out,
+                                   Storage& d_out) {
+  using C = typename ComputeType<Storage>::type;
+  const C x = static_cast<C>(x_in);
+  C y, d;
+  f(x, y, d);
+  y_out = static_cast<Storage>(x != x ? x : y);
+  d_out = static_cast<Storage>(x != x ? x : d);
+}
+
+// dx = dy * d for one element, in the compute type.
+template <typename Storage>
+NESTAD_HD Storage FusedBackwardElement(Storage dy, Storage d) {
+  using C = typename ComputeType<Storage>::type;
+  return static_cast<Storage>(static_cast<C>(dy) * static_cast<C>(d));
+}
+
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_FUSED_ACTIVATION_H_

@@ -1,0 +1,44 @@
+"""nestad_tf: activations that keep only f'(x) for the backward pass.
+
+An activation y = f(x) is element-wise, so its Jacobian is diagonal: nestad
+computes f'(x) during the forward pass (a fused C++ kernel, or forward-mode AD
+of the TF definition) and the backward pass is dx = dy * f'(x). Training keeps
+one tensor per activation instead of the input and every intermediate of a
+composite such as GELU or Mish.
+
+Quick tour:
+    import nestad_tf
+    y = nestad_tf.mish(x)                                # like keras.activations.mish
+    y = nestad_tf.activation(x, "relu", max_value=6.0)   # any registered activation
+    keras.layers.Dense(64, activation=nestad_tf.gelu)
+    nestad_tf.layers.Activation("leaky_relu", negative_slope=0.1)
+    nestad_tf.backend_info()                             # which backend runs, and why
+"""
+
+from . import layers, registry
+from .activations import ActivationFunction, BUILTINS as _BUILTINS, get
+from .ops import (
+    BACKENDS,
+    SecondOrderGradientError,
+    activation,
+    backend_info,
+    backend_scope,
+)
+from .registry import available_activations
+
+globals().update(_BUILTINS)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationFunction",
+    "BACKENDS",
+    "SecondOrderGradientError",
+    "activation",
+    "available_activations",
+    "backend_info",
+    "backend_scope",
+    "get",
+    "layers",
+    "registry",
+] + sorted(_BUILTINS)

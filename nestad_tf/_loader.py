@@ -1,0 +1,114 @@
+"""Loads the compiled kernels once, or says exactly why they cannot be used.
+
+The shared library `_nestad_ops.so` is built by setup.py (or Bazel) against one
+TensorFlow version, recorded in `_build_info.json` beside it. A custom op's
+binary is only safe with that exact version, so on any mismatch, or if the file
+is missing or cannot be loaded, nestad_tf warns once (saying what happened and
+how to rebuild) and runs its pure-TensorFlow path, which computes the same
+values and derivatives.
+"""
+
+import dataclasses
+import json
+import os
+import threading
+import warnings
+from typing import Optional
+
+import tensorflow as tf
+
+LIBRARY_NAME = "_nestad_ops.so"
+BUILD_INFO_NAME = "_build_info.json"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_REBUILD_HINT = (
+    "Rebuild the kernels for this TensorFlow with `pip install --no-build-isolation "
+    "--force-reinstall --no-deps <nestad_tf source>`."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLibrary:
+    """Outcome of loading the kernels: `module` is None when they cannot be used."""
+
+    module: Optional[object]
+    path: str
+    built_against: Optional[str]
+    reason: str
+
+
+_lock = threading.Lock()
+_result: Optional[KernelLibrary] = None
+_warned = False
+
+
+def library_path() -> str:
+    return os.environ.get("NESTAD_TF_LIBRARY", os.path.join(_PACKAGE_DIR, LIBRARY_NAME))
+
+
+def _read_build_info(path: str) -> dict:
+    info_path = os.path.join(os.path.dirname(path), BUILD_INFO_NAME)
+    try:
+        with open(info_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _load() -> KernelLibrary:
+    path = library_path()
+    if os.environ.get("NESTAD_TF_DISABLE_KERNELS"):
+        return KernelLibrary(None, path, None, "disabled by NESTAD_TF_DISABLE_KERNELS")
+    if not os.path.exists(path):
+        return KernelLibrary(
+            None, path, None,
+            f"the kernel library {path} does not exist (installed without kernels?). "
+            + _REBUILD_HINT,
+        )
+    built_against = _read_build_info(path).get("tensorflow_version")
+    if built_against != tf.__version__:
+        return KernelLibrary(
+            None, path, built_against,
+            f"the kernel library was built for TensorFlow {built_against or '(unknown)'} but "
+            f"TensorFlow {tf.__version__} is running; a custom op is only safe with the "
+            "version it was built against. " + _REBUILD_HINT,
+        )
+    try:
+        module = tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return KernelLibrary(
+            None, path, built_against,
+            f"loading {path} failed ({message}). " + _REBUILD_HINT,
+        )
+    return KernelLibrary(module, path, built_against, "loaded")
+
+
+def load() -> KernelLibrary:
+    """Loads the library on first use; later calls return the same result."""
+    global _result
+    with _lock:
+        if _result is None:
+            _result = _load()
+        return _result
+
+
+def warn_once_unavailable() -> None:
+    """Emits the one warning that says why the kernels are not used."""
+    global _warned
+    result = load()
+    if result.module is None and not _warned:
+        _warned = True
+        warnings.warn(
+            "nestad_tf: fused kernels unavailable, using the pure-TensorFlow path "
+            f"(same values and derivatives, slower): {result.reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _reset_for_tests() -> None:
+    """Forgets the loading result and the warning (tests simulate broken installs)."""
+    global _result, _warned
+    with _lock:
+        _result = None
+        _warned = False

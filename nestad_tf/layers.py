@@ -1,0 +1,44 @@
+"""Keras 3 layers of nestad_tf."""
+
+from typing import Optional
+
+import keras
+
+from . import ops, registry
+
+
+@keras.saving.register_keras_serializable(package="nestad_tf")
+class Activation(keras.layers.Layer):
+    """Applies a nestad activation; the backward pass keeps only f'(x).
+
+    Args:
+      activation: a name from `nestad_tf.available_activations()` (or alias).
+      backend: "auto", "kernel" or "tf" (see `nestad_tf.backend_info()`).
+      **kwargs: the activation's parameters (Keras names, e.g. `negative_slope`)
+        and the usual Keras layer arguments (`name`, `dtype`, ...).
+
+    Example:
+      x = nestad_tf.layers.Activation("gelu", approximate=True)(x)
+    """
+
+    def __init__(self, activation: str, backend: Optional[str] = "auto", **kwargs):
+        spec = registry.get(activation)
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.param_names}
+        super().__init__(**kwargs)
+        ops._check_backend_name(backend)  # pylint: disable=protected-access
+        self.activation = spec.name
+        self.backend = backend
+        self.params = spec.bind(params)
+        self._spec = spec
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return ops.apply_spec(inputs, self._spec, self.params, self.backend)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"activation": self.activation, "backend": self.backend, **self.params})
+        return config

@@ -1,0 +1,322 @@
+"""Applying an activation so that the backward pass keeps only f'(x).
+
+    y, d = forward(x)        # d = f'(x), computed during the forward pass
+    dx   = dy * d            # the whole backward pass
+
+`forward` is either the fused C++ kernel (backend "kernel") or forward-mode
+automatic differentiation of the activation's pure-TF reference (backend "tf":
+one unit tangent pushed through f with `tf.autodiff.ForwardAccumulator`). Both
+run inside `tf.custom_gradient` on `tf.stop_gradient(x)`, so neither TF's tape
+nor a `tf.function` gradient graph keeps x or any intermediate of f: only d
+(and y, when the next layer needs it anyway).
+
+Higher-order gradients: d is linked back to x through a small custom-gradient
+identity whose own gradient is f''(x) (TF autodiff of the reference). In a
+`tf.function` that costs nothing unless a second-order gradient is actually
+built. In eager mode the link cannot hold x without keeping it alive for every
+call, so there a second-order gradient raises `SecondOrderGradientError`
+instead of silently returning zero.
+"""
+
+import contextlib
+import threading
+import warnings
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import tensorflow as tf
+
+from . import _loader, _private_tf, registry
+
+BACKENDS = ("auto", "kernel", "tf")
+FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+_state = threading.local()
+
+
+class SecondOrderGradientError(RuntimeError):
+    """A second-order gradient through a nestad activation cannot be computed here."""
+
+
+@contextlib.contextmanager
+def backend_scope(backend: str):
+    """Sets the backend used when a call passes `backend=None` (the default).
+
+    Example:
+      with nestad_tf.backend_scope("tf"):
+          y = nestad_tf.mish(x)   # pure-TF forward-mode AD path
+    """
+    _check_backend_name(backend)
+    stack = _backend_stack()
+    stack.append(backend)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _backend_stack():
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def _check_backend_name(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _gpu_visible() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+_gpu_warned = False
+
+
+def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
+    """Returns "kernel" or "tf" for a call, following the rules in backend_info()."""
+    global _gpu_warned
+    if backend is None:
+        stack = _backend_stack()
+        backend = stack[-1] if stack else "auto"
+    _check_backend_name(backend)
+    in_xla = _private_tf.in_xla_context()
+    if backend == "tf":
+        return "tf"
+    if backend == "kernel":
+        if not has_kernel:
+            raise ValueError("this activation has no fused kernel; use backend='tf' or 'auto'")
+        if in_xla:
+            raise ValueError(
+                "backend='kernel' cannot run under XLA (jit_compile=True): custom ops have no "
+                "XLA kernel. Use backend='auto' (picks the pure-TF path under XLA) or 'tf'."
+            )
+        library = _loader.load()
+        if library.module is None:
+            raise RuntimeError(f"backend='kernel' requested but {library.reason}")
+        return "kernel"
+    # auto
+    if not has_kernel or in_xla:
+        return "tf"
+    library = _loader.load()
+    if library.module is None:
+        _loader.warn_once_unavailable()
+        return "tf"
+    if _gpu_visible():
+        if not _gpu_warned:
+            _gpu_warned = True
+            warnings.warn(
+                "nestad_tf: a GPU is visible but this build has CPU kernels only; "
+                "using the pure-TF path so that activations stay on the GPU.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return "tf"
+    return "kernel"
+
+
+def _as_float_tensor(x, name: str) -> tf.Tensor:
+    if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "dtype"):
+        x = tf.convert_to_tensor(x)
+    else:
+        x = tf.convert_to_tensor(x, dtype_hint=tf.float32)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"nestad activation '{name}' needs a floating-point tensor "
+            f"(float16, bfloat16, float32 or float64), got {x.dtype.name}"
+        )
+    return x
+
+
+def _compute_dtype(dtype: tf.DType) -> tf.DType:
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(fn(x), fn'(x)) of an element-wise `fn`, by forward-mode AD with a unit tangent.
+
+    Half types are computed in float32 and cast back.
+    """
+    compute = _compute_dtype(x.dtype)
+    xc = tf.cast(x, compute)
+    with tf.autodiff.ForwardAccumulator(primals=xc, tangents=tf.ones_like(xc)) as accumulator:
+        y = tf.convert_to_tensor(fn(xc))
+    d = accumulator.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if y.shape.rank is not None and xc.shape.rank is not None and y.shape != xc.shape:
+        y = tf.broadcast_to(y, tf.shape(xc))
+        d = tf.broadcast_to(d, tf.shape(xc))
+    return tf.cast(y, x.dtype), tf.cast(d, x.dtype)
+
+
+def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """fn''(x) of an element-wise `fn`, by TF autodiff (used only for higher-order gradients)."""
+    compute = _compute_dtype(x.dtype)
+    xc = tf.cast(x, compute)
+    with tf.GradientTape() as outer:
+        outer.watch(xc)
+        with tf.GradientTape() as inner:
+            inner.watch(xc)
+            y = fn(xc)
+        d = inner.gradient(y, xc, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    d2 = outer.gradient(d, xc, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return tf.cast(d2, x.dtype)
+
+
+def _link_to_input(x, d, second: Callable[[tf.Tensor], tf.Tensor]):
+    """Returns d, connected to x for higher-order autodiff (gradient f''(x); see module doc)."""
+    eager = tf.executing_eagerly()
+
+    @tf.custom_gradient
+    def link(x, d):
+        def grad(upstream):
+            if eager:
+                raise SecondOrderGradientError(
+                    "a second-order gradient through a nestad activation was requested in eager "
+                    "mode, where nestad keeps only f'(x) and not x. Compute it inside a "
+                    "tf.function (where f''(x) is derived from x), or use the Keras activation."
+                )
+            return upstream * second(x), None
+
+        return tf.identity(d), grad
+
+    return link(x, d)
+
+
+def with_saved_derivative(
+    x: tf.Tensor,
+    forward: Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]],
+    backward: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    second: Callable[[tf.Tensor], tf.Tensor],
+) -> tf.Tensor:
+    """y = forward(x)[0] with a gradient that keeps only d = forward(x)[1].
+
+    Args:
+      x: floating-point input.
+      forward: x -> (y, d); called on tf.stop_gradient(x).
+      backward: (dy, d) -> dx.
+      second: x -> f''(x), used only by higher-order gradients.
+    """
+
+    @tf.custom_gradient
+    def fused(x):
+        y, d = forward(tf.stop_gradient(x))
+        d = _link_to_input(x, d, second)
+
+        def grad(dy):
+            return backward(dy, d)
+
+        return y, grad
+
+    return fused(x)
+
+
+def _tf_backward(dy, d):
+    return dy * d
+
+
+def _kernel_backward(dy, d):
+    return _loader.load().module.nestad_fused_activation_grad(dy, d)
+
+
+def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
+               backend: Optional[str] = None) -> tf.Tensor:
+    """Applies a registered activation with bound parameters (see `activation`)."""
+    x = _as_float_tensor(x, spec.name)
+    chosen = resolve_backend(backend, has_kernel=spec.kernel is not None)
+
+    def reference(t):
+        return spec.reference(t, **params)
+
+    def second(t):
+        return second_derivative(reference, t)
+
+    if chosen == "kernel":
+        kernel_name, kernel_params = spec.kernel_attrs(params)
+        op = _loader.load().module.nestad_fused_activation
+
+        def forward(t):
+            return op(t, activation=kernel_name, params=kernel_params)
+
+        return with_saved_derivative(x, forward, _kernel_backward, second)
+    if spec.kernel is not None:
+        spec.kernel_attrs(params)  # same parameter validation on both paths
+    return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)
+
+
+def activation(x, name: str, *, backend: Optional[str] = None, **params) -> tf.Tensor:
+    """Applies the activation `name` to `x`, keeping only f'(x) for the backward pass.
+
+    Args:
+      x: a float16, bfloat16, float32 or float64 tensor (or a symbolic Keras tensor,
+        in which case a `nestad_tf.layers.Activation` layer is applied).
+      name: an activation from `nestad_tf.available_activations()` (or an alias such
+        as "swish" or "hard_swish").
+      backend: "auto" (fused kernel when usable, else pure TF), "kernel" or "tf";
+        None uses the innermost `backend_scope`, else "auto".
+      **params: the activation's parameters, with the Keras names and defaults
+        (e.g. `negative_slope=0.1` for "leaky_relu").
+
+    Returns:
+      f(x), with the dtype and shape of x.
+
+    Example:
+      y = nestad_tf.activation(x, "gelu", approximate=True)
+    """
+    spec = registry.get(name)
+    bound = spec.bind(params)
+    if _is_keras_tensor(x):
+        from . import layers  # pylint: disable=g-import-not-at-top
+
+        return layers.Activation(spec.name, backend=backend or "auto", **bound)(x)
+    return apply_spec(x, spec, bound, backend)
+
+
+def _is_keras_tensor(x) -> bool:
+    import keras  # pylint: disable=g-import-not-at-top
+
+    return isinstance(x, keras.KerasTensor)
+
+
+def _register_gradients():
+    """Gradients of the raw ops, for graphs that differentiate them directly."""
+
+    @tf.RegisterGradient("Nestad>FusedActivationGrad")
+    def _fused_activation_grad_grad(op, upstream):  # pylint: disable=unused-variable
+        dy, d = op.inputs
+        grad_op = _loader.load().module.nestad_fused_activation_grad
+        return [grad_op(upstream, d), grad_op(upstream, dy)]
+
+    @tf.RegisterGradient("Nestad>FusedActivation")
+    def _fused_activation_grad(op, dy, dd):  # pylint: disable=unused-variable
+        if dd is not None:
+            raise SecondOrderGradientError(
+                "the raw Nestad>FusedActivation op cannot differentiate its derivative output; "
+                "use nestad_tf.activation(), which links f'(x) to x for higher-order gradients"
+            )
+        return [_loader.load().module.nestad_fused_activation_grad(dy, op.outputs[1])]
+
+
+_register_gradients()
+
+
+def backend_info() -> Dict[str, Any]:
+    """Which backend runs, and why.
+
+    Returns a dict with `kernel_available`, `reason` (why the kernels are or are not
+    used), `library`, `built_against` (TF version of the kernels), `tensorflow`,
+    `default_backend` (what backend=None means here), and `rules` (how "auto" chooses).
+    """
+    library = _loader.load()
+    stack = _backend_stack()
+    return {
+        "kernel_available": library.module is not None,
+        "reason": library.reason,
+        "library": library.path,
+        "built_against": library.built_against,
+        "tensorflow": tf.__version__,
+        "gpu_visible": _gpu_visible(),
+        "default_backend": stack[-1] if stack else "auto",
+        "rules": (
+            "auto: the fused CPU kernel when it is loaded, no GPU is visible and the "
+            "function is not being compiled by XLA; otherwise the pure-TF forward-mode AD path"
+        ),
+    }

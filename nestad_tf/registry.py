@@ -1,0 +1,216 @@
+"""The one table of activations nestad_tf knows.
+
+Each entry (an `ActivationSpec`) names an activation, its parameters with the
+Keras defaults, its pure-TensorFlow reference (the function whose value and
+derivative nestad must reproduce), and how its parameters map onto the C++
+kernel (`kernels/activations.def`). Layers, the converter, the tests and the
+benchmarks all read this table; nothing else lists activations.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import keras
+
+REQUIRED = object()
+"""Marks a parameter without a default (Keras' `threshold` activation has two)."""
+
+NOT_ELEMENTWISE = {
+    "softmax": "it normalises over an axis, so every output depends on every input of that axis",
+    "log_softmax": "it normalises over an axis, so every output depends on every input of that axis",
+    "sparsemax": "it projects onto the simplex along an axis, mixing the elements of that axis",
+    "glu": "it splits its input in two halves along an axis and multiplies them",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSpec:
+    """One activation: f, its parameters and where its fused kernel lives.
+
+    Attributes:
+      name: canonical name (the Keras name where Keras has the activation).
+      formula: y = f(x) in words, for docstrings.
+      reference: `reference(x, **params)`, pure TF, differentiable; the
+        derivative nestad keeps is checked against TF autodiff of it.
+      params: parameter names with their defaults (or `REQUIRED`), in order.
+      kernel: `kernel(**params) -> (kernel_name, [float, ...])`, the attributes
+        of the fused C++ op; `None` for activations that only have the
+        forward-mode AD path (user-defined ones).
+      aliases: other names that resolve to this entry.
+      breakpoints: `breakpoints(**params)` -> x where f' jumps (f' there is
+        one of the one-sided derivatives; the tests allow either).
+    """
+
+    name: str
+    formula: str
+    reference: Callable[..., Any]
+    params: Tuple[Tuple[str, Any], ...] = ()
+    kernel: Optional[Callable[..., Tuple[str, List[float]]]] = None
+    aliases: Tuple[str, ...] = ()
+    breakpoints: Callable[..., Tuple[float, ...]] = lambda **_: ()
+
+    @property
+    def param_names(self) -> Tuple[str, ...]:
+        return tuple(p for p, _ in self.params)
+
+    def bind(self, given: Dict[str, Any]) -> Dict[str, Any]:
+        """Returns all parameters with defaults filled in; TypeError on unknown or missing ones."""
+        unknown = sorted(set(given) - set(self.param_names))
+        if unknown:
+            known = ", ".join(self.param_names) or "none"
+            raise TypeError(
+                f"activation '{self.name}' got unexpected parameter(s) {unknown}; "
+                f"its parameters are: {known}"
+            )
+        bound = {}
+        for param, default in self.params:
+            value = given.get(param, default)
+            if value is REQUIRED:
+                raise TypeError(f"activation '{self.name}' needs the parameter '{param}'")
+            bound[param] = value
+        return bound
+
+    def kernel_attrs(self, params: Dict[str, Any]) -> Tuple[str, List[float]]:
+        """The (activation, params) attributes of the fused op; ValueError on bad values."""
+        kernel_name, values = self.kernel(**params)
+        values = [float(v) for v in values]
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"activation '{self.name}': parameters must not be NaN, got {params}")
+        return kernel_name, values
+
+
+_REGISTRY: Dict[str, ActivationSpec] = {}
+_ALIASES: Dict[str, str] = {}
+
+
+def register(spec: ActivationSpec, *, overwrite: bool = False) -> ActivationSpec:
+    """Adds `spec` to the table (and its aliases). ValueError if the name is taken."""
+    for key in (spec.name,) + spec.aliases:
+        if key in NOT_ELEMENTWISE:
+            raise ValueError(f"'{key}' is reserved: {key} is not element-wise")
+        taken = key in _REGISTRY or key in _ALIASES
+        if taken and not overwrite:
+            raise ValueError(f"an activation named '{key}' is already registered")
+    _REGISTRY[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+def get(name: str) -> ActivationSpec:
+    """Looks an activation up by name or alias, with a clear error when it cannot be used."""
+    if not isinstance(name, str):
+        raise TypeError(f"activation name must be a string, got {type(name).__name__}")
+    key = name.lower()
+    if key in NOT_ELEMENTWISE:
+        raise ValueError(
+            f"'{name}' cannot be a nestad activation: {NOT_ELEMENTWISE[key]}. nestad keeps "
+            "f'(x) per element, which needs an element-wise function (its Jacobian must be "
+            "diagonal). Keep keras.activations." + key + " for it."
+        )
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"unknown activation '{name}'; available: {', '.join(available_activations())}"
+        )
+    return _REGISTRY[key]
+
+
+def available_activations(*, include_aliases: bool = False) -> List[str]:
+    """Names of all registered activations (sorted)."""
+    names = list(_REGISTRY)
+    if include_aliases:
+        names += list(_ALIASES)
+    return sorted(names)
+
+
+def builtin_specs() -> List[ActivationSpec]:
+    """The specs that have a fused C++ kernel."""
+    return [s for s in _REGISTRY.values() if s.kernel is not None]
+
+
+# --- the built-in activations: every element-wise function of keras.activations ---
+
+_A = keras.activations
+
+
+def _no_params(kernel_name):
+    return lambda: (kernel_name, [])
+
+
+def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=None):
+    reference = getattr(_A, name)
+    register(
+        ActivationSpec(
+            name=name,
+            formula=formula,
+            reference=reference,
+            params=tuple(params),
+            kernel=kernel or _no_params(name),
+            aliases=tuple(aliases),
+            breakpoints=breakpoints or (lambda **_: ()),
+        )
+    )
+
+
+def _relu_kernel(negative_slope, max_value, threshold):
+    max_value = math.inf if max_value is None else max_value
+    return "relu", [negative_slope, max_value, threshold]
+
+
+def _relu_breakpoints(negative_slope, max_value, threshold):
+    points = [threshold, 0.0]
+    if max_value is not None:
+        points.append(max_value)
+    return tuple(points)
+
+
+_builtin("celu", "x if x > 0 else alpha * (exp(x / alpha) - 1)",
+         params=[("alpha", 1.0)], kernel=lambda alpha: ("celu", [alpha]),
+         breakpoints=lambda **_: (0.0,))
+_builtin("elu", "x if x > 0 else alpha * (exp(x) - 1)",
+         params=[("alpha", 1.0)], kernel=lambda alpha: ("elu", [alpha]),
+         breakpoints=lambda **_: (0.0,))
+_builtin("exponential", "exp(x)")
+_builtin("gelu", "x * Phi(x) (Phi: standard normal CDF); tanh approximation if approximate",
+         params=[("approximate", False)],
+         kernel=lambda approximate: ("gelu_approximate" if approximate else "gelu", []))
+_builtin("hard_shrink", "x if |x| > threshold else 0",
+         params=[("threshold", 0.5)], kernel=lambda threshold: ("hard_shrink", [threshold]),
+         breakpoints=lambda threshold: (-threshold, threshold))
+_builtin("hard_sigmoid", "relu6(x + 3) / 6", breakpoints=lambda: (-3.0, 3.0))
+_builtin("hard_silu", "x * relu6(x + 3) / 6", aliases=("hard_swish",),
+         breakpoints=lambda: (-3.0, 3.0))
+_builtin("hard_tanh", "clip(x, -1, 1)", breakpoints=lambda: (-1.0, 1.0))
+_builtin("leaky_relu", "x if x > 0 else negative_slope * x",
+         params=[("negative_slope", 0.2)],
+         kernel=lambda negative_slope: ("leaky_relu", [negative_slope]),
+         breakpoints=lambda **_: (0.0,))
+_builtin("linear", "x")
+_builtin("log_sigmoid", "log(sigmoid(x))")
+_builtin("mish", "x * tanh(softplus(x))")
+_builtin("relu", "clip(x if x > threshold else 0, 0, max_value) + negative_slope * min(x - threshold, 0)",
+         params=[("negative_slope", 0.0), ("max_value", None), ("threshold", 0.0)],
+         kernel=_relu_kernel, breakpoints=_relu_breakpoints)
+_builtin("relu6", "min(max(x, 0), 6)", breakpoints=lambda: (0.0, 6.0))
+_builtin("selu", "scale * (x if x > 0 else alpha * (exp(x) - 1))", breakpoints=lambda: (0.0,))
+_builtin("sigmoid", "1 / (1 + exp(-x))")
+_builtin("silu", "x * sigmoid(x)", aliases=("swish",))
+_builtin("soft_shrink", "x - threshold if x > threshold, x + threshold if x < -threshold, else 0",
+         params=[("threshold", 0.5)], kernel=lambda threshold: ("soft_shrink", [threshold]),
+         breakpoints=lambda threshold: (-threshold, threshold))
+_builtin("softplus", "log(1 + exp(x))")
+_builtin("softsign", "x / (1 + |x|)")
+_builtin("sparse_plus", "0 if x <= -1, (x + 1)^2 / 4 if -1 < x < 1, x if x >= 1",
+         breakpoints=lambda: (-1.0, 1.0))
+_builtin("sparse_sigmoid", "0 if x <= -1, (x + 1) / 2 if -1 < x < 1, 1 if x >= 1",
+         breakpoints=lambda: (-1.0, 1.0))
+_builtin("squareplus", "(x + sqrt(x^2 + b)) / 2",
+         params=[("b", 4.0)], kernel=lambda b: ("squareplus", [b]))
+_builtin("tanh", "tanh(x)")
+_builtin("tanh_shrink", "x - tanh(x)")
+_builtin("threshold", "x if x > threshold else default_value",
+         params=[("threshold", REQUIRED), ("default_value", REQUIRED)],
+         kernel=lambda threshold, default_value: ("threshold", [threshold, default_value]),
+         breakpoints=lambda threshold, default_value: (threshold,))
