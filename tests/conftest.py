@@ -1,0 +1,39 @@
+"""Shared test helpers: dtypes, tolerances (kept here only), edge values."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+
+# Tolerances of a nestad result against a float64 reference evaluated on the
+# same (already rounded) inputs. Half types compute in float32 and round once
+# on output, so their tolerance is their own rounding.
+TOLERANCES = {
+    tf.float16: dict(rtol=2e-3, atol=2e-3),
+    tf.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+    tf.float32: dict(rtol=2e-5, atol=2e-6),
+    tf.float64: dict(rtol=1e-9, atol=1e-12),
+}
+
+# Values every activation is checked at (cast to each dtype; those that
+# overflow a half type become +-inf, which is itself an edge value).
+EDGE_VALUES = [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 20.0, -20.0, 1e4, -1e4,
+               np.inf, -np.inf, np.nan]
+
+
+def tolerance(dtype):
+    return TOLERANCES[tf.as_dtype(dtype)]
+
+
+def dtype_id(dtype):
+    return tf.as_dtype(dtype).name
+
+
+@pytest.fixture(params=DTYPES, ids=dtype_id)
+def dtype(request):
+    return request.param
