@@ -25,6 +25,13 @@ from .ops import (
     backend_scope,
 )
 from .registry import available_activations
+from .forward_ad import (
+    ForwardADActivation,
+    NotElementwiseError,
+    ParametricActivation,
+    forward_ad,
+    register_activation,
+)
 
 globals().update(_BUILTINS)
 
@@ -33,12 +40,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationFunction",
     "BACKENDS",
+    "ForwardADActivation",
+    "NotElementwiseError",
+    "ParametricActivation",
     "SecondOrderGradientError",
     "activation",
     "available_activations",
     "backend_info",
     "backend_scope",
+    "forward_ad",
     "get",
     "layers",
+    "register_activation",
     "registry",
 ] + sorted(_BUILTINS)

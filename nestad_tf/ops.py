@@ -220,6 +220,8 @@ def _kernel_backward(dy, d):
 def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
                backend: Optional[str] = None) -> tf.Tensor:
     """Applies a registered activation with bound parameters (see `activation`)."""
+    if spec.apply is not None:  # user activations (nestad_tf.register_activation)
+        return spec.apply(x, params, backend)
     x = _as_float_tensor(x, spec.name)
     chosen = resolve_backend(backend, has_kernel=spec.kernel is not None)
 

@@ -40,6 +40,9 @@ class ActivationSpec:
       aliases: other names that resolve to this entry.
       breakpoints: `breakpoints(**params)` -> x where f' jumps (f' there is
         one of the one-sided derivatives; the tests allow either).
+      apply: `apply(x, params, backend) -> y`, replacing the generic path of
+        `ops.apply_spec`; set by `nestad_tf.register_activation` (forward-mode
+        AD with the element-wise check and differentiable tensor parameters).
     """
 
     name: str
@@ -49,6 +52,7 @@ class ActivationSpec:
     kernel: Optional[Callable[..., Tuple[str, List[float]]]] = None
     aliases: Tuple[str, ...] = ()
     breakpoints: Callable[..., Tuple[float, ...]] = lambda **_: ()
+    apply: Optional[Callable[..., Any]] = None
 
     @property
     def param_names(self) -> Tuple[str, ...]:
@@ -96,6 +100,13 @@ def register(spec: ActivationSpec, *, overwrite: bool = False) -> ActivationSpec
     for alias in spec.aliases:
         _ALIASES[alias] = spec.name
     return spec
+
+
+def unregister(name: str) -> None:
+    """Removes the activation `name` (and its aliases); KeyError if it is not registered."""
+    spec = _REGISTRY.pop(name)
+    for alias in spec.aliases:
+        _ALIASES.pop(alias, None)
 
 
 def get(name: str) -> ActivationSpec:

@@ -1,0 +1,732 @@
+"""User-defined activations: f'(x) derived by forward-mode AD, only f'(x) kept.
+
+Write an element-wise activation as ordinary TensorFlow code, decorate it, and
+train with it:
+
+    @nestad_tf.register_activation("snake")
+    def snake(x, a=1.0):
+        return x + tf.sin(a * x) ** 2 / a
+
+    keras.layers.Dense(256, activation=snake)           # or nestad_tf.layers.Activation("snake")
+
+One forward computation pushes a unit tangent through `fn` with
+`tf.autodiff.ForwardAccumulator` (nested inside the ordinary reverse-mode
+training tape), giving y = fn(x) and d = fn'(x) together. Only d is kept for the
+backward pass (dx = dy * d): not x, not the intermediates of `fn` (see
+`nestad_tf.ops.with_saved_derivative`).
+
+Parameters. Python numbers (and numpy arrays) are constants: folded into the
+function, nothing extra is kept. Tensor parameters (`tf.Tensor`, trainable
+`tf.Variable` / `keras.Variable`, e.g. a learnable beta per channel) are
+differentiable: each gets its own forward-mode tangent, and the backward pass
+keeps d plus, per such parameter, one tensor of x's shape, dfn/dtheta at every
+element (reduced over the broadcast axes only in the backward pass, where dy is
+known: d(loss)/dtheta = sum over broadcast axes of dy * dfn/dtheta). That is the
+minimum: dy is not known when the tensors are computed. Non-trainable variables
+are constants.
+
+Element-wise check. Before the first use at a given (dtype, parameter shape,
+constants) the function is evaluated eagerly (at trace time inside
+`tf.function`/XLA) on a small random probe and rejected with
+`NotElementwiseError` when:
+  * its output shape differs from its input shape (reductions, shape changes);
+  * changing a random half of the probe elements changes any other output
+    element (softmax, normalisations, cumsum, sorting, rolls; also mixing hidden
+    behind `tf.stop_gradient`, and non-deterministic functions);
+  * the Jacobian is not diagonal: the JVP along a random tangent v differs from
+    fn'(x) * v (mixing visible only in the derivatives, e.g. a custom gradient);
+  * likewise for each tensor parameter, whose elements must each act on the
+    elements they broadcast to.
+It also rejects functions that read trainable variables themselves (their
+gradient would be lost): pass them as parameters.
+The check cannot catch mixing that happens only outside the probe (values in
+[-2.5, 2.5], parameter values in [0.5, 1.5], every free axis reduced to 5
+elements: e.g. `tf.where(x > 100, tf.nn.softmax(x), x)`, or a `tf.roll` by a
+multiple of 5), nor functions whose Python code branches on the input values in
+eager mode. `check=False` skips it (random activations, or when the cost of the
+probe matters in eager loops).
+
+Higher-order gradients (gradient penalties, Hessian-vector products): inside
+`tf.function`, d and the parameter partials are linked back to x and the
+parameters, so nested tapes get fn''(x) (and the mixed second derivatives) from
+TF autodiff of `fn`. In eager mode that link would keep x alive for every call,
+so a second-order gradient raises `nestad_tf.SecondOrderGradientError` instead
+of silently returning zero.
+"""
+
+import contextlib
+import functools
+import inspect
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import activations, ops, registry
+
+_PROBE_SIDE = 5
+"""Size of every free axis of the probe input (axes no parameter broadcasts along)."""
+
+_PROBE_SEED = 20240611
+_PROBE_RTOL = {tf.float32: 1e-4, tf.float64: 1e-10}
+_FULL_PROBE_LIMIT = 1 << 20
+"""Largest probe (elements) tried when the function only runs on the full input shape."""
+
+ParamsLike = Union[Mapping[str, Any], Sequence[Tuple[str, Any]], None]
+
+
+class NotElementwiseError(ValueError):
+    """The function given to `nestad_tf.forward_ad` is not element-wise (see module doc)."""
+
+
+class ForwardADActivation:
+    """An element-wise TF function made a nestad activation (see `forward_ad`).
+
+    Calling it computes y = fn(x) and fn'(x) by forward-mode AD in one pass and
+    keeps only fn'(x) (plus dfn/dtheta per tensor parameter) for the backward pass.
+
+    Attributes:
+      fn: the user's function `fn(x, **params)`.
+      name: `registered_name` once registered, else the function's name.
+      spec: the `registry.ActivationSpec` describing it (kernel=None).
+      check: whether the element-wise check runs.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, params: ParamsLike = None,
+                 formula: Optional[str] = None, check: bool = True):
+        if isinstance(fn, (ForwardADActivation, activations.ActivationFunction)):
+            raise TypeError(f"{fn!r} is already a nestad activation")
+        if not callable(fn):
+            raise TypeError(f"forward_ad needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.check = check
+        self.registered_name: Optional[str] = None
+        self._checked = set()
+        functools.update_wrapper(self, fn)
+        name = getattr(fn, "__name__", type(fn).__name__)
+        self.spec = registry.ActivationSpec(
+            name=name,
+            formula=formula or _first_doc_line(fn) or f"user-defined {name}(x)",
+            reference=fn,
+            params=_param_table(fn, params),
+            kernel=None,
+            apply=self.apply,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.registered_name or self.spec.name
+
+    def __call__(self, x, backend: Optional[str] = None, **params) -> tf.Tensor:
+        """fn(x, **params); keeps only fn'(x) (and dfn/dparam per tensor parameter)."""
+        if ops._is_keras_tensor(x):  # pylint: disable=protected-access
+            if self.registered_name is None:
+                raise TypeError(
+                    f"the forward_ad activation '{self.name}' is not registered, so it cannot be "
+                    "a layer of a functional Keras model; pass it as `activation=` of a layer, "
+                    f"or register it: nestad_tf.register_activation('{self.name}', fn)"
+                )
+            return ops.activation(x, self.registered_name, backend=backend, **params)
+        return self.apply(x, self.spec.bind(params), backend)
+
+    def apply(self, x, params: Dict[str, Any], backend: Optional[str] = None) -> tf.Tensor:
+        """Applies fn with already bound parameters (the `ActivationSpec.apply` hook)."""
+        ops.resolve_backend(backend, has_kernel=False)  # validates the name; "kernel" raises
+        x = ops._as_float_tensor(x, self.name)  # pylint: disable=protected-access
+        constants, tensors, differentiable = _split_params(params)
+        tensors = {k: tf.cast(v, x.dtype) for k, v in tensors.items()}
+        differentiable = {k: tf.cast(v, x.dtype) for k, v in differentiable.items()}
+        for param, value in {**tensors, **differentiable}.items():
+            _check_broadcast(self.name, param, value, x)
+        if self.check:
+            self._check_once(x, constants, {**tensors, **differentiable})
+        bound = functools.partial(self.fn, **constants, **tensors)
+        if not differentiable:
+            return ops.with_saved_derivative(
+                x,
+                lambda t: _forward(self.name, bound, t, {}),
+                ops._tf_backward,  # pylint: disable=protected-access
+                lambda t: ops.second_derivative(bound, t),
+            )
+        return _with_saved_partials(self.name, bound, x, differentiable)
+
+    def get_config(self):
+        if self.registered_name is None:
+            raise TypeError(
+                f"the forward_ad activation '{self.name}' is not registered, so Keras cannot save "
+                f"it by name. Register it where it is defined: "
+                f"nestad_tf.register_activation('{self.name}', fn), and import that module "
+                "before loading the model."
+            )
+        return activations.ActivationFunction(self.registered_name).get_config()
+
+    def _check_once(self, x, constants, tensors):
+        param_shapes = {k: tuple(v.shape.as_list()) if v.shape.rank is not None else None
+                        for k, v in tensors.items()}
+        shape = _probe_shape(x.shape, param_shapes.values())
+        key = (x.dtype.name, shape, _freeze(constants), tuple(sorted(param_shapes.items())))
+        if key in self._checked:
+            return
+        with tf.init_scope():
+            check_elementwise(self.fn, x.dtype, shape, constants, param_shapes,
+                              name=self.name, full_shape=x.shape)
+        self._checked.add(key)
+
+    def __repr__(self):
+        return f"nestad_tf.forward_ad({self.name})"
+
+
+def forward_ad(fn: Optional[Callable[..., Any]] = None, *, params: ParamsLike = None,
+               formula: Optional[str] = None, check: bool = True):
+    """Makes an element-wise TF function an activation that keeps only f'(x).
+
+    y = fn(x) and d = fn'(x) come from one forward computation with a unit
+    tangent (`tf.autodiff.ForwardAccumulator`); the backward pass is dx = dy * d.
+    Works eagerly, in `tf.function` and under XLA (`jit_compile=True`). See the
+    module docstring for tensor (trainable) parameters, the element-wise check
+    and higher-order gradients.
+
+    Args:
+      fn: `fn(x, **params) -> y`, built from element-wise TF ops; keyword
+        parameters with defaults become the activation's parameters.
+      params: the parameters with defaults, when they cannot be read from the
+        signature: a dict or (name, default) pairs.
+      formula: y = f(x) in words, for docs (default: first docstring line).
+      check: run the element-wise check before the first use.
+
+    Returns:
+      A `ForwardADActivation`: callable as `act(x, **params)`, usable as
+      `activation=` of Keras layers. To save models that use it, or to use it by
+      name, register it with `register_activation`.
+
+    Example:
+      @nestad_tf.forward_ad
+      def swish_beta(x, beta=1.0):
+          return x * tf.sigmoid(beta * x)
+
+      y = swish_beta(x, beta=1.5)
+      y = swish_beta(x, beta=beta_variable)   # gradient w.r.t. beta_variable too
+    """
+    if fn is None:
+        return lambda f: forward_ad(f, params=params, formula=formula, check=check)
+    if isinstance(fn, ForwardADActivation):
+        return fn
+    return ForwardADActivation(fn, params=params, formula=formula, check=check)
+
+
+def register_activation(name: str, fn: Optional[Callable[..., Any]] = None, *,
+                        params: ParamsLike = None, formula: Optional[str] = None,
+                        aliases: Iterable[str] = (), check: bool = True,
+                        overwrite: bool = False):
+    """Registers an element-wise TF function as the nestad activation `name`.
+
+    After registration `nestad_tf.get(name, **params)`,
+    `nestad_tf.activation(x, name)`, `nestad_tf.layers.Activation(name)` and
+    `nestad_tf.ParametricActivation(name, ...)` work, and Keras models using it
+    save and load as `.keras` files (also with `safe_mode=True`) wherever the
+    module that registers it has been imported. It runs through `forward_ad`:
+    only f'(x) is kept for the backward pass.
+
+    Args:
+      name: the activation's name (lower case; must not be taken).
+      fn: `fn(x, **params)` or a `ForwardADActivation`; omit it to use
+        `register_activation(name, ...)` as a decorator.
+      params: parameters with defaults when not read from `fn`'s signature.
+        Every parameter needs a default.
+      formula: y = f(x) in words, for docs.
+      aliases: other names for it.
+      check: run the element-wise check (see `forward_ad`).
+      overwrite: replace an activation already registered under `name`
+        (e.g. when a notebook cell is run again).
+
+    Returns:
+      `nestad_tf.get(name)`: an `ActivationFunction` with the default
+      parameters, serializable by name.
+
+    Example:
+      @nestad_tf.register_activation("snake")
+      def snake(x, a=1.0):
+          return x + tf.sin(a * x) ** 2 / a
+
+      keras.layers.Dense(64, activation=snake)
+      nestad_tf.layers.Activation("snake", a=2.0)
+    """
+    if fn is None:
+        return lambda f: register_activation(name, f, params=params, formula=formula,
+                                             aliases=aliases, check=check, overwrite=overwrite)
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"activation name must be a non-empty lower-case string, got {name!r}")
+    if isinstance(fn, ForwardADActivation):
+        if params is not None or formula is not None:
+            raise TypeError("give params/formula to forward_ad(), not to register_activation()")
+        act = fn
+    else:
+        act = ForwardADActivation(fn, params=params, formula=formula, check=check)
+    missing = [p for p, default in act.spec.params if default is registry.REQUIRED]
+    if missing:
+        raise ValueError(
+            f"activation '{name}': parameter(s) {missing} need a default value, so that the "
+            "activation can be created (and loaded) by name"
+        )
+    spec = registry.register(
+        registry.ActivationSpec(
+            name=name,
+            formula=act.spec.formula,
+            reference=act.fn,
+            params=act.spec.params,
+            kernel=None,
+            aliases=tuple(aliases),
+            apply=act.apply,
+        ),
+        overwrite=overwrite,
+    )
+    act.registered_name = spec.name
+    return activations.ActivationFunction(spec.name)
+
+
+def check_elementwise(fn: Callable[..., Any], dtype, shape: Sequence[int],
+                      constants: Optional[Dict[str, Any]] = None,
+                      param_shapes: Optional[Dict[str, Optional[Tuple[int, ...]]]] = None, *,
+                      name: Optional[str] = None, full_shape=None) -> None:
+    """Raises `NotElementwiseError` unless `fn` acts element-wise on a random probe.
+
+    Runs eagerly (call it under `tf.init_scope()` from traced code). What it
+    checks and cannot check: see the module docstring.
+
+    Args:
+      fn: `fn(x, **constants, **tensor_params)`.
+      dtype: the input dtype (half types are probed in float32).
+      shape: the probe shape (see `_probe_shape`).
+      constants: parameters passed as they are.
+      param_shapes: tensor parameters by name with their shapes; probed with
+        random values in [0.5, 1.5].
+      name: for messages.
+      full_shape: the real input shape, tried when `fn` fails on the small probe
+        (e.g. it closes over a tensor of the full channel count).
+    """
+    constants = constants or {}
+    param_shapes = param_shapes or {}
+    name = name or getattr(fn, "__name__", "fn")
+    try:
+        _probe(fn, dtype, tuple(shape), constants, param_shapes, name)
+    except NotElementwiseError:
+        raise
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+        full = _full_probe_shape(full_shape)
+        if full is None or full == tuple(shape):
+            raise
+        try:
+            _probe(fn, dtype, full, constants, param_shapes, name)
+        except NotElementwiseError:
+            raise
+        except Exception:  # pylint: disable=broad-except
+            raise error  # the error on the small probe is the one to show
+
+
+# --- forward computation and gradients ---
+
+
+def _forward(name, fn, x, thetas: Dict[str, tf.Tensor]):
+    """(y, d, dfn/dtheta...) by forward-mode AD: one unit tangent per input, one pass.
+
+    Without tensor parameters this is `ops.forward_ad` (with an output-shape
+    check instead of its broadcasting).
+    """
+    if not thetas:
+        def checked(t):
+            y = tf.convert_to_tensor(fn(t))
+            _check_output(name, y, t)
+            return y
+
+        return ops.forward_ad(checked, x)
+    compute = ops._compute_dtype(x.dtype)  # pylint: disable=protected-access
+    xc = tf.cast(x, compute)
+    thetas_c = {k: tf.cast(v, compute) for k, v in thetas.items()}
+    zero = tf.UnconnectedGradients.ZERO
+    try:
+        with contextlib.ExitStack() as stack:
+            along_x = stack.enter_context(tf.autodiff.ForwardAccumulator(xc, tf.ones_like(xc)))
+            along_thetas = [
+                stack.enter_context(tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)))
+                for t in thetas_c.values()
+            ]
+            y = tf.convert_to_tensor(fn(xc, **thetas_c))
+        _check_output(name, y, xc)
+        d = along_x.jvp(y, unconnected_gradients=zero)
+        partials = [acc.jvp(y, unconnected_gradients=zero) for acc in along_thetas]
+    except LookupError:
+        # An op without a JVP rule (see ops.forward_ad): reverse mode with every
+        # parameter broadcast to x's shape gives the same per-element partials.
+        broadcast = {k: tf.broadcast_to(t, tf.shape(xc)) for k, t in thetas_c.items()}
+        with tf.GradientTape() as tape:
+            tape.watch([xc] + list(broadcast.values()))
+            y = tf.convert_to_tensor(fn(xc, **broadcast))
+        _check_output(name, y, xc)
+        d, *partials = tape.gradient(y, [xc] + list(broadcast.values()),
+                                     unconnected_gradients=zero)
+    return (tf.cast(y, x.dtype), tf.cast(d, x.dtype)) + tuple(tf.cast(p, x.dtype) for p in partials)
+
+
+def _with_saved_partials(name, fn, x, thetas: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """Like ops.with_saved_derivative, also differentiating tensor parameters.
+
+    Keeps d = dfn/dx and one x-shaped dfn/dtheta per parameter.
+    """
+    names = list(thetas)
+
+    def derivatives(x, values):
+        return _forward(name, fn, x, dict(zip(names, values)))[1:]
+
+    @tf.custom_gradient
+    def fused(x, *values):
+        y, *kept = _forward(name, fn, tf.stop_gradient(x),
+                            {k: tf.stop_gradient(v) for k, v in zip(names, values)})
+        kept = _link_to_inputs(x, values, kept, derivatives)
+        d, partials = kept[0], kept[1:]
+
+        def grad(dy):
+            return (dy * d,) + tuple(_sum_to_shape(dy * p, v) for p, v in zip(partials, values))
+
+        return y, grad
+
+    return fused(x, *thetas.values())
+
+
+def _link_to_inputs(x, values, kept, derivatives):
+    """`kept` (d and partials), connected to x and the parameters for higher-order autodiff.
+
+    The generalisation of ops._link_to_input: the gradient of the link recomputes
+    the derivatives from (x, params) under a tape (graph mode only).
+    """
+    eager = tf.executing_eagerly()
+    count = len(values)
+
+    @tf.custom_gradient
+    def link(*inputs):
+        outputs = [tf.identity(t) for t in inputs[1 + count:]]
+        if eager:
+            def grad(*upstream):  # closes over nothing: x stays free in eager mode
+                raise ops.SecondOrderGradientError(
+                    "a second-order gradient through a nestad forward_ad activation was "
+                    "requested in eager mode, where nestad keeps only the derivatives and not x "
+                    "or the parameters. Compute it inside a tf.function (where they are "
+                    "recomputed from x), or use the plain TF function."
+                )
+        else:
+            def grad(*upstream):
+                x_in, params_in = inputs[0], list(inputs[1:1 + count])
+                with tf.GradientTape() as tape:
+                    tape.watch([x_in] + params_in)
+                    recomputed = derivatives(x_in, params_in)
+                    total = tf.add_n([tf.reduce_sum(u * r) for u, r in zip(upstream, recomputed)
+                                      if u is not None] or [tf.zeros((), x_in.dtype)])
+                sources = tape.gradient(total, [x_in] + params_in,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return tuple(sources) + (None,) * len(outputs)
+
+        return outputs, grad
+
+    return link(x, *values, *kept)
+
+
+def _sum_to_shape(t, like):
+    """Sums t over the axes along which `like` was broadcast to t's shape."""
+    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(t), s1=tf.shape(like))
+    return tf.reshape(tf.reduce_sum(t, axes), tf.shape(like))
+
+
+# --- parameters ---
+
+
+def _param_table(fn, params: ParamsLike) -> Tuple[Tuple[str, Any], ...]:
+    if params is not None:
+        items = params.items() if isinstance(params, Mapping) else params
+        return tuple((str(k), v) for k, v in items)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return ()
+    arguments = list(signature.parameters.values())[1:]  # the first one is x
+    table = []
+    for argument in arguments:
+        if argument.kind in (argument.VAR_POSITIONAL, argument.VAR_KEYWORD):
+            continue
+        default = registry.REQUIRED if argument.default is argument.empty else argument.default
+        table.append((argument.name, default))
+    return tuple(table)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, (tf.Tensor, tf.Variable, keras.Variable))
+
+
+def _split_params(params: Dict[str, Any]):
+    """(constants, non-differentiable tensors, differentiable tensors)."""
+    constants, tensors, differentiable = {}, {}, {}
+    for key, value in params.items():
+        if not _is_tensor(value):
+            constants[key] = value
+        elif isinstance(value, (tf.Variable, keras.Variable)) and not value.trainable:
+            tensors[key] = tf.convert_to_tensor(value)
+        else:
+            differentiable[key] = tf.convert_to_tensor(value)
+    return constants, tensors, differentiable
+
+
+def _check_broadcast(name, param, value, x):
+    if value.shape.rank is None or x.shape.rank is None:
+        return
+    try:
+        merged = tf.broadcast_static_shape(x.shape, value.shape)
+    except ValueError:
+        merged = None
+    if merged is None or merged.rank != x.shape.rank or not merged.is_compatible_with(x.shape):
+        raise ValueError(
+            f"activation '{name}': parameter '{param}' of shape {value.shape} must broadcast to "
+            f"the input shape {x.shape} without changing it (e.g. a scalar, or one value per "
+            "channel)"
+        )
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, value.dtype.str, value.tobytes())
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def _first_doc_line(fn) -> Optional[str]:
+    doc = inspect.getdoc(fn)
+    return doc.strip().splitlines()[0] if doc else None
+
+
+# --- the element-wise check ---
+
+
+def _probe_shape(x_shape: tf.TensorShape, param_shapes: Iterable[Optional[Tuple]]) -> Tuple[int, ...]:
+    """x's shape with every axis no parameter varies along reduced to _PROBE_SIDE."""
+    param_shapes = [s for s in param_shapes if s is not None]
+    if x_shape.rank is None:
+        dims = [None] * max([len(s) for s in param_shapes] + [2])
+    else:
+        dims = list(x_shape.as_list())
+    needed = {}  # axis counted from the right -> size a parameter has there
+    for shape in param_shapes:
+        for axis, size in enumerate(reversed(shape)):
+            if size not in (None, 1):
+                needed[axis] = size
+    probe = []
+    for axis, size in enumerate(reversed(dims)):
+        if axis in needed:
+            probe.append(needed[axis])
+        elif size is None:
+            probe.append(_PROBE_SIDE)
+        else:
+            probe.append(min(size, _PROBE_SIDE))
+    return tuple(reversed(probe))
+
+
+def _full_probe_shape(full_shape) -> Optional[Tuple[int, ...]]:
+    if full_shape is None or tf.TensorShape(full_shape).rank is None:
+        return None
+    dims = tuple(2 if d is None else d for d in tf.TensorShape(full_shape).as_list())
+    return dims if int(np.prod(dims)) <= _FULL_PROBE_LIMIT else None
+
+
+def _check_output(name, y, x):
+    if not y.dtype.is_floating:
+        raise NotElementwiseError(
+            f"activation '{name}' returned a {y.dtype.name} tensor; it must return floats"
+        )
+    same = (y.shape.rank == x.shape.rank and y.shape.is_compatible_with(x.shape))
+    if x.shape.rank is not None and not same:
+        raise NotElementwiseError(
+            f"activation '{name}' is not element-wise: its output shape {y.shape} differs from "
+            f"its input shape {x.shape}. An activation maps every element to one element "
+            "(no reductions, reshapes or broadcasting to a bigger shape)."
+        )
+
+
+def _probe(fn, dtype, shape, constants, param_shapes, name):
+    compute = ops._compute_dtype(tf.as_dtype(dtype))  # pylint: disable=protected-access
+    np_dtype = compute.as_numpy_dtype
+    rng = np.random.default_rng(_PROBE_SEED)
+    x = tf.constant(rng.uniform(-2.5, 2.5, shape).astype(np_dtype))
+    thetas = {}
+    for key, theta_shape in param_shapes.items():
+        theta_shape = tuple(1 if d is None else d for d in (theta_shape or ()))
+        thetas[key] = tf.constant(rng.uniform(0.5, 1.5, theta_shape).astype(np_dtype))
+
+    def call(t, th):
+        return tf.convert_to_tensor(fn(t, **constants, **th))
+
+    with tf.GradientTape() as tape:
+        y = call(x, thetas)
+    variables = [v.name for v in tape.watched_variables() if v.trainable]
+    if variables:
+        raise ValueError(
+            f"activation '{name}' reads the trainable variable(s) {variables} itself; its gradient "
+            "would be lost, since nestad differentiates only x and the declared parameters. "
+            "Declare it as a parameter (def fn(x, beta=1.0)) and pass the variable "
+            "(act(x, beta=variable)), or use nestad_tf.ParametricActivation."
+        )
+    _check_output(name, y, x)
+    mixing_hint = (
+        "nestad keeps one derivative per element, which needs every output element to depend "
+        "only on the input element at the same position (softmax, normalisations, reductions, "
+        "cumsum, sort or roll mix elements)."
+    )
+
+    if x.shape.num_elements() > 1:
+        changed = rng.random(shape) < 0.5
+        changed.flat[0], changed.flat[-1] = True, False
+        y_changed = call(tf.where(changed, x + 0.75, x), thetas)
+        same = _same_values(y.numpy(), y_changed.numpy())
+        moved = np.argwhere(~changed & ~same)
+        if moved.size:
+            raise NotElementwiseError(
+                f"activation '{name}' is not element-wise: changing some input elements of a "
+                f"probe of shape {tuple(shape)} changed output element {tuple(int(i) for i in moved[0])}, whose "
+                f"input did not change. {mixing_hint} (A function with random ops also fails "
+                "this check: use check=False.)"
+            )
+
+    tolerance = _PROBE_RTOL[compute]
+    tangent = tf.constant(rng.normal(size=shape).astype(np_dtype))
+    d = _jvp(lambda t: call(t, thetas), x, tf.ones_like(x))
+    jv = _jvp(lambda t: call(t, thetas), x, tangent)
+    if not _close(jv, d * tangent, tolerance):
+        raise NotElementwiseError(
+            f"activation '{name}' is not element-wise: on a probe of shape {tuple(shape)} its "
+            f"Jacobian is not diagonal (the derivative along a random direction v differs from "
+            f"f'(x) * v). {mixing_hint}"
+        )
+    for key, theta in thetas.items():
+        def along(value, key=key):
+            return call(x, dict(thetas, **{key: value}))
+
+        direction = tf.constant(rng.normal(size=theta.shape).astype(np_dtype))
+        partial = _jvp(along, theta, tf.ones_like(theta))
+        jv = _jvp(along, theta, direction)
+        if not _close(jv, partial * direction, tolerance):
+            raise NotElementwiseError(
+                f"activation '{name}' is not element-wise in its parameter '{key}': each "
+                f"element of '{key}' must act only on the input elements it broadcasts to "
+                "(no reductions of the parameter)."
+            )
+
+
+def _jvp(fn, primal, tangent):
+    with tf.autodiff.ForwardAccumulator(primal, tangent) as accumulator:
+        y = fn(primal)
+    return accumulator.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _same_values(a, b):
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _close(a, b, rtol):
+    a, b = a.numpy(), b.numpy()
+    both_nan = np.isnan(a) & np.isnan(b)
+    finite = np.isfinite(a) & np.isfinite(b)
+    scale = np.max(np.abs(np.where(finite, b, 0)), initial=0.0)
+    ok = (a == b) | both_nan | (finite & (np.abs(a - b) <= rtol * (np.abs(a) + np.abs(b) + scale)))
+    return bool(np.all(ok))
+
+
+# --- a layer for activations with trainable parameters ---
+
+
+@keras.saving.register_keras_serializable(package="nestad_tf")
+class ParametricActivation(keras.layers.Layer):
+    """An activation whose parameters (some of them) are trainable weights.
+
+    y = f(x; theta) with theta one value per channel (along `axis`) or one
+    scalar (`axis=None`), e.g. Swish with a learnable beta, or PReLU-like
+    slopes. f'(x) and df/dtheta come from forward-mode AD; the backward pass
+    keeps f'(x) and one x-shaped df/dtheta per trainable parameter (see
+    `nestad_tf.forward_ad`).
+
+    Args:
+      activation: a registered activation name (`register_activation`).
+      trainable_params: names of the parameters that become weights; their
+        initial values are the given or default parameter values.
+      axis: the channel axis the weights vary along, or None for scalars.
+      backend: "auto" or "tf".
+      **kwargs: the other parameters (constants) and Keras layer arguments.
+
+    Example:
+      nestad_tf.register_activation("swish_beta", lambda x, beta=1.0: x * tf.sigmoid(beta * x))
+      layer = nestad_tf.ParametricActivation("swish_beta", trainable_params=["beta"])
+    """
+
+    def __init__(self, activation: str, trainable_params: Union[str, Sequence[str]],
+                 axis: Optional[int] = -1, backend: Optional[str] = "auto", **kwargs):
+        spec = registry.get(activation)
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.param_names}
+        super().__init__(**kwargs)
+        ops._check_backend_name(backend)  # pylint: disable=protected-access
+        if isinstance(trainable_params, str):
+            trainable_params = [trainable_params]
+        unknown = sorted(set(trainable_params) - set(spec.param_names))
+        if unknown or not trainable_params:
+            raise ValueError(
+                f"trainable_params must name parameters of '{spec.name}' "
+                f"({', '.join(spec.param_names) or 'none'}), got {list(trainable_params)}"
+            )
+        self.activation = spec.name
+        self.trainable_params = tuple(trainable_params)
+        self.axis = axis
+        self.backend = backend
+        self.params = spec.bind(params)
+        self._apply = spec.apply or ForwardADActivation(spec.reference, params=spec.params).apply
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        shape = ()
+        if self.axis is not None:
+            channels = input_shape[self.axis]
+            if channels is None:
+                raise ValueError(f"axis {self.axis} of the input shape {input_shape} must be known")
+            shape = (channels,)
+        self.parameter_weights = {
+            name: self.add_weight(
+                name=name, shape=shape, trainable=True,
+                initializer=keras.initializers.Constant(float(self.params[name])),
+            )
+            for name in self.trainable_params
+        }
+
+    def call(self, inputs):
+        values = dict(self.params)
+        rank = len(inputs.shape)
+        for name, weight in self.parameter_weights.items():
+            value = tf.cast(tf.convert_to_tensor(weight), inputs.dtype)
+            if self.axis is not None:
+                axis = self.axis % rank
+                value = tf.reshape(value, [-1] + [1] * (rank - 1 - axis))
+            values[name] = value
+        return self._apply(inputs, values, self.backend)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "activation": self.activation,
+            "trainable_params": list(self.trainable_params),
+            "axis": self.axis,
+            "backend": self.backend,
+            **self.params,
+        })
+        return config
