@@ -44,7 +44,9 @@ class ActivationFunction:
         params = dict(self.params, **overrides) if overrides else self.params
         if overrides:
             params = self._spec.bind(params)
-        return ops.activation(x, self.activation, backend=backend, **params)
+        if ops._is_keras_tensor(x):  # pylint: disable=protected-access
+            return ops.activation(x, self.activation, backend=backend, **params)
+        return ops.keras_apply(x, self._spec, params, backend)  # no f' in inference graphs
 
     def get_config(self) -> Dict[str, Any]:
         config = {"activation": self.activation, **self.params}

@@ -33,7 +33,7 @@ class Activation(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs):
-        return ops.apply_spec(inputs, self._spec, self.params, self.backend)
+        return ops.keras_apply(inputs, self._spec, self.params, self.backend)  # no f' in inference graphs
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -244,6 +244,34 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
     return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)
 
 
+def inference_graph() -> bool:
+    """True while a tf.function is traced with no gradient tape recording (no f' needed)."""
+    return not tf.executing_eagerly() and not _private_tf.gradient_tape_active()
+
+
+def keras_apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
+                backend: Optional[str] = None) -> tf.Tensor:
+    """`apply_spec` as nestad's Keras layers and activation objects use it.
+
+    In an inference graph (a tf.function traced while no gradient tape records:
+    `model.predict`, `model.evaluate`, the serving signature of `model.export`)
+    nothing will ever ask for f'(x), so y = f(x) comes from the activation's
+    pure-TF reference alone (float32 math for half types, like the kernels): no
+    derivative, no custom op, and exported serving graphs hold only core
+    TensorFlow ops. Everywhere else (eager calls, traces under a tape, an
+    explicit `backend="kernel"`, user-registered activations) it is `apply_spec`.
+
+    Example:
+      y = ops.keras_apply(x, registry.get("gelu"), {"approximate": False})
+    """
+    explicit_kernel = backend == "kernel" or (backend is None and _backend_stack()[-1:] == ["kernel"])
+    if spec.apply is None and not explicit_kernel and inference_graph():
+        x = _as_float_tensor(x, spec.name)
+        compute = _compute_dtype(x.dtype)
+        return tf.cast(spec.reference(tf.cast(x, compute), **params), x.dtype)
+    return apply_spec(x, spec, params, backend)
+
+
 def activation(x, name: str, *, backend: Optional[str] = None, **params) -> tf.Tensor:
     """Applies the activation `name` to `x`, keeping only f'(x) for the backward pass.
 
