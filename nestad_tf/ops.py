@@ -138,9 +138,19 @@ def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.T
     """
     compute = _compute_dtype(x.dtype)
     xc = tf.cast(x, compute)
-    with tf.autodiff.ForwardAccumulator(primals=xc, tangents=tf.ones_like(xc)) as accumulator:
-        y = tf.convert_to_tensor(fn(xc))
-    d = accumulator.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    try:
+        with tf.autodiff.ForwardAccumulator(primals=xc, tangents=tf.ones_like(xc)) as accumulator:
+            y = tf.convert_to_tensor(fn(xc))
+        d = accumulator.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    except LookupError:
+        # TF computes most JVPs by transposing the op's VJP, which needs the
+        # gradient of the gradient op; a few ops lack it (tf.nn.softsign's
+        # SoftsignGrad). For an element-wise fn the VJP with a unit cotangent is
+        # the same f'(x), so reverse mode gives the identical result.
+        with tf.GradientTape() as tape:
+            tape.watch(xc)
+            y = tf.convert_to_tensor(fn(xc))
+        d = tape.gradient(y, xc, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if y.shape.rank is not None and xc.shape.rank is not None and y.shape != xc.shape:
         y = tf.broadcast_to(y, tf.shape(xc))
         d = tf.broadcast_to(d, tf.shape(xc))

@@ -17,7 +17,9 @@ TOLERANCES = {
     tf.float16: dict(rtol=2e-3, atol=2e-3),
     tf.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
     tf.float32: dict(rtol=2e-5, atol=2e-6),
-    tf.float64: dict(rtol=1e-9, atol=1e-12),
+    # float64: TF's own float64 references are off by ~1e-9 in places (the
+    # gradient of tf.math.erfc), and nestad's parameters are float32 attributes.
+    tf.float64: dict(rtol=1e-7, atol=1e-8),
 }
 
 # Values every activation is checked at (cast to each dtype; those that
@@ -37,3 +39,10 @@ def dtype_id(dtype):
 @pytest.fixture(params=DTYPES, ids=dtype_id)
 def dtype(request):
     return request.param
+
+# Near an activation's breakpoint b (|x - b| <= BREAKPOINT_ZONE * max(1, |b|)), y and f'
+# may follow either side of the kink and are compared at BREAKPOINT_TOLERANCE: the
+# reference does not always resolve a kink (tf.nn.selu's gradient for -1e-16 < x < 0)
+# and TF's kernels read subnormal inputs as zero. Used by tests/test_properties.py.
+BREAKPOINT_ZONE = 1e-7
+BREAKPOINT_TOLERANCE = dict(rtol=1e-5, atol=1e-5)

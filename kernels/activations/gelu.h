@@ -22,8 +22,9 @@ struct Gelu : NoParamCheck {
 
 // gelu (approximate=True, the tanh form of tf.nn.gelu): y = x/2 * (1 + tanh(u)),
 // u = sqrt(2/pi) * (x + 0.044715 x^3); f' = (1 + t)/2 + x/2 * (1 - t^2) * du/dx.
-// Past |x| = 10, tanh(u) is +-1 in every compute type (and x^3 could overflow).
-// Tails: -inf gives (0, 0); +inf gives (+inf, 1).
+// With z = exp(-2|u|): 1 + t = 2/(1 + z) (u >= 0) or 2z/(1 + z) (u < 0) and
+// 1 - t^2 = 4z/(1 + z)^2, so neither tail cancels. Past |x| = 10, t is +-1 in
+// every compute type (and x^3 could overflow). Tails: -inf gives (0, 0); +inf gives (+inf, 1).
 struct GeluApproximate : NoParamCheck {
   static constexpr int kNumParams = 0;
   NESTAD_HD explicit GeluApproximate(const float*) {}
@@ -32,10 +33,12 @@ struct GeluApproximate : NoParamCheck {
     const T k0 = T(0.7978845608028654), k1 = T(0.044715);
     const bool saturated = Abs(x) > T(10);
     const T xc = saturated ? T(0) : x;
-    const T t = Tanh(k0 * (xc + k1 * xc * xc * xc));
-    const T y_mid = T(0.5) * xc * (T(1) + t);
-    const T d_mid = T(0.5) * (T(1) + t) +
-                    T(0.5) * xc * ((T(1) - t) * (T(1) + t)) * k0 * (T(1) + T(3) * k1 * xc * xc);
+    const T u = k0 * (xc + k1 * xc * xc * xc);
+    const T z = Exp(T(-2) * Abs(u));
+    const T one_plus_t = (u >= T(0) ? T(2) : T(2) * z) / (T(1) + z);
+    const T sech2 = T(4) * z / ((T(1) + z) * (T(1) + z));
+    const T y_mid = T(0.5) * xc * one_plus_t;
+    const T d_mid = T(0.5) * one_plus_t + T(0.5) * xc * sech2 * k0 * (T(1) + T(3) * k1 * xc * xc);
     y = saturated ? (x > T(0) ? x : T(0)) : y_mid;
     d = saturated ? (x > T(0) ? T(1) : T(0)) : d_mid;
   }

@@ -8,7 +8,7 @@ namespace nestad {
 // relu (Keras 3 semantics, all three parameters):
 //   p = x if x > threshold else 0; p = clip(p, 0, max_value) when max_value is given;
 //   y = p + negative_slope * min(x - threshold, 0).
-//   f' = [x > threshold and (no max_value or 0 < x < max_value)] + negative_slope * [x < threshold].
+//   f' = [x > threshold and (no max_value or 0 < x < max_value)] + negative_slope * [x <= threshold].
 // max_value = +inf means "no max_value" (Keras' None). Tails follow the formula.
 struct Relu {
   static constexpr int kNumParams = 3;  // negative_slope, max_value, threshold
@@ -25,7 +25,7 @@ struct Relu {
     const bool above = x > thr;
     const T p = above ? x : T(0);
     const T p_clipped = has_max ? Min(Max(p, T(0)), m) : p;
-    const bool below = slope != 0.0f && x < thr;
+    const bool below = slope != 0.0f && x <= thr;  // at x == threshold: the left derivative
     y = p_clipped + (below ? s * (x - thr) : T(0));
     const bool passes = above && (!has_max || (x > T(0) && x < m));
     d = (passes ? T(1) : T(0)) + (below ? s : T(0));
