@@ -13,6 +13,7 @@ Quick tour:
     keras.layers.Dense(64, activation=nestad_tf.gelu)
     nestad_tf.layers.Activation("leaky_relu", negative_slope=0.1)
     nestad_tf.backend_info()                             # which backend runs, and why
+    model = nestad_tf.convert(model, verbose=True)       # a whole Keras model, one line
 """
 
 from . import layers, registry
@@ -25,6 +26,7 @@ from .ops import (
     backend_scope,
 )
 from .registry import available_activations
+from .convert import convert, memory_report
 from .forward_ad import (
     ForwardADActivation,
     NotElementwiseError,
@@ -48,9 +50,11 @@ __all__ = [
     "available_activations",
     "backend_info",
     "backend_scope",
+    "convert",
     "forward_ad",
     "get",
     "layers",
+    "memory_report",
     "register_activation",
     "registry",
 ] + sorted(_BUILTINS)
