@@ -1,0 +1,116 @@
+// GPU kernels of the ops Nestad>FusedActivation and Nestad>FusedActivationGrad
+// (the ops themselves are registered by kernels/fused_activation_ops.cc, in the
+// CPU library, which is loaded first). Compiled by g++ with -DGOOGLE_CUDA=1
+// against a CUDA build of TensorFlow; the kernels are launched through the
+// TF-free API of fused_activation_gpu.h on the op's CUDA stream.
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+
+#include <string>
+#include <vector>
+
+#include "../fused_activation.h"
+#include "fused_activation_gpu.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+
+namespace nestad {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+
+template <typename S> constexpr gpu::ElementType kElementType = gpu::ElementType::kFloat32;
+template <> constexpr gpu::ElementType kElementType<Eigen::half> = gpu::ElementType::kFloat16;
+template <> constexpr gpu::ElementType kElementType<Eigen::bfloat16> = gpu::ElementType::kBFloat16;
+template <> constexpr gpu::ElementType kElementType<double> = gpu::ElementType::kFloat64;
+
+CUstream_st* OpStream(OpKernelContext* ctx) {
+  return ctx->eigen_device<Eigen::GpuDevice>().stream();
+}
+
+template <typename S>
+class FusedActivationGpuOp : public OpKernel {
+ public:
+  explicit FusedActivationGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string name;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &name));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("params", &params_));
+    const std::string error = ResolveActivation(name, params_, &kind_);
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError("Nestad>FusedActivation: " + error));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    Tensor* d = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, x.shape(), &d));
+    gpu::ForwardArgs args;
+    args.kind = kind_;
+    args.params = params_.data();
+    args.type = kElementType<S>;
+    args.storage = gpu::DerivativeStorage::kExact;
+    args.n = x.NumElements();
+    args.x = x.flat<S>().data();
+    args.y = y->flat<S>().data();
+    args.derivative = d->flat<S>().data();
+    const char* error = gpu::LaunchFusedForward(args, OpStream(ctx));
+    OP_REQUIRES(ctx, error == nullptr,
+                absl::InternalError(std::string("Nestad>FusedActivation GPU launch: ") +
+                                    (error ? error : "")));
+  }
+
+ private:
+  std::vector<float> params_;
+  Kind kind_ = Kind::k_linear;
+};
+
+template <typename S>
+class FusedActivationGradGpuOp : public OpKernel {
+ public:
+  explicit FusedActivationGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& d = ctx->input(1);
+    OP_REQUIRES(ctx, dy.shape() == d.shape(),
+                absl::InvalidArgumentError(
+                    "Nestad>FusedActivationGrad: dy and derivative must have the same shape, got " +
+                    dy.shape().DebugString() + " and " + d.shape().DebugString()));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
+    gpu::BackwardArgs args;
+    args.type = kElementType<S>;
+    args.storage = gpu::DerivativeStorage::kExact;
+    args.n = dy.NumElements();
+    args.dy = dy.flat<S>().data();
+    args.derivative = d.flat<S>().data();
+    args.dx = dx->flat<S>().data();
+    const char* error = gpu::LaunchFusedBackward(args, OpStream(ctx));
+    OP_REQUIRES(ctx, error == nullptr,
+                absl::InternalError(std::string("Nestad>FusedActivationGrad GPU launch: ") +
+                                    (error ? error : "")));
+  }
+};
+
+#define NESTAD_REGISTER_GPU(S)                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("Nestad>FusedActivation").Device(::tensorflow::DEVICE_GPU).TypeConstraint<S>("T"), \
+      FusedActivationGpuOp<S>);                                                              \
+  REGISTER_KERNEL_BUILDER(Name("Nestad>FusedActivationGrad")                                 \
+                              .Device(::tensorflow::DEVICE_GPU)                              \
+                              .TypeConstraint<S>("T"),                                       \
+                          FusedActivationGradGpuOp<S>);
+NESTAD_REGISTER_GPU(Eigen::half)
+NESTAD_REGISTER_GPU(Eigen::bfloat16)
+NESTAD_REGISTER_GPU(float)
+NESTAD_REGISTER_GPU(double)
+#undef NESTAD_REGISTER_GPU
+
+}  // namespace
+}  // namespace nestad
+
+#endif  // GOOGLE_CUDA
