@@ -173,20 +173,29 @@ def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.
 
 def _link_to_input(x, d, second: Callable[[tf.Tensor], tf.Tensor]):
     """Returns d, connected to x for higher-order autodiff (gradient f''(x); see module doc)."""
-    eager = tf.executing_eagerly()
-
-    @tf.custom_gradient
-    def link(x, d):
-        def grad(upstream):
-            if eager:
+    if tf.executing_eagerly():
+        # The eager tape keeps whatever this gradient closes over, for as long as
+        # the tape lives: it must not reference x.
+        @tf.custom_gradient
+        def link(x, d):  # pylint: disable=unused-argument
+            def grad(upstream):  # pylint: disable=unused-argument
                 raise SecondOrderGradientError(
                     "a second-order gradient through a nestad activation was requested in eager "
                     "mode, where nestad keeps only f'(x) and not x. Compute it inside a "
                     "tf.function (where f''(x) is derived from x), or use the Keras activation."
                 )
-            return upstream * second(x), None
 
-        return tf.identity(d), grad
+            return tf.identity(d), grad
+
+    else:
+        # In a graph, x is a symbolic tensor: referencing it costs nothing unless a
+        # second-order gradient is actually built.
+        @tf.custom_gradient
+        def link(x, d):  # pylint: disable=unused-argument
+            def grad(upstream):
+                return upstream * second(x), None
+
+            return tf.identity(d), grad
 
     return link(x, d)
 
