@@ -7,6 +7,14 @@ import keras
 from . import ops, registry
 
 
+# Keyword arguments keras.layers.Layer itself accepts; everything else is an
+# activation parameter (and an unknown one is a TypeError naming the valid ones).
+_KERAS_LAYER_KWARGS = frozenset({
+    "name", "dtype", "trainable", "autocast", "activity_regularizer",
+    "input_dim", "input_shape", "batch_input_shape", "batch_size", "weights",
+})
+
+
 @keras.saving.register_keras_serializable(package="nestad_tf")
 class Activation(keras.layers.Layer):
     """Applies a nestad activation; the backward pass keeps only f'(x).
@@ -23,7 +31,7 @@ class Activation(keras.layers.Layer):
 
     def __init__(self, activation: str, backend: Optional[str] = "auto", **kwargs):
         spec = registry.get(activation)
-        params = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.param_names}
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k not in _KERAS_LAYER_KWARGS}
         super().__init__(**kwargs)
         ops._check_backend_name(backend)  # pylint: disable=protected-access
         self.activation = spec.name
