@@ -165,9 +165,26 @@ def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=N
     )
 
 
+# Parameter checks mirror the kernels' Check() (kernels/activations/*.h) so that both
+# backends refuse the same values with the same ValueError (NaN: `kernel_attrs`).
 def _relu_kernel(negative_slope, max_value, threshold):
+    if math.isinf(negative_slope) or math.isinf(threshold):
+        raise ValueError("relu: negative_slope and threshold must be finite, got "
+                         f"negative_slope={negative_slope}, threshold={threshold}")
     max_value = math.inf if max_value is None else max_value
     return "relu", [negative_slope, max_value, threshold]
+
+
+def _celu_kernel(alpha):
+    if alpha == 0:
+        raise ValueError("celu: alpha must be non-zero (celu divides x by alpha)")
+    return "celu", [alpha]
+
+
+def _squareplus_kernel(b):
+    if b < 0 or math.isinf(b):
+        raise ValueError(f"squareplus: b must be finite and >= 0, got b={b}")
+    return "squareplus", [b]
 
 
 def _relu_breakpoints(negative_slope, max_value, threshold):
@@ -178,7 +195,7 @@ def _relu_breakpoints(negative_slope, max_value, threshold):
 
 
 _builtin("celu", "x if x > 0 else alpha * (exp(x / alpha) - 1)",
-         params=[("alpha", 1.0)], kernel=lambda alpha: ("celu", [alpha]),
+         params=[("alpha", 1.0)], kernel=_celu_kernel,
          breakpoints=lambda **_: (0.0,))
 _builtin("elu", "x if x > 0 else alpha * (exp(x) - 1)",
          params=[("alpha", 1.0)], kernel=lambda alpha: ("elu", [alpha]),
@@ -218,7 +235,8 @@ _builtin("sparse_plus", "0 if x <= -1, (x + 1)^2 / 4 if -1 < x < 1, x if x >= 1"
 _builtin("sparse_sigmoid", "0 if x <= -1, (x + 1) / 2 if -1 < x < 1, 1 if x >= 1",
          breakpoints=lambda: (-1.0, 1.0))
 _builtin("squareplus", "(x + sqrt(x^2 + b)) / 2",
-         params=[("b", 4.0)], kernel=lambda b: ("squareplus", [b]))
+         params=[("b", 4.0)], kernel=_squareplus_kernel,
+         breakpoints=lambda b: (0.0,) if b == 0 else ())  # b = 0: relu
 _builtin("tanh", "tanh(x)")
 _builtin("tanh_shrink", "x - tanh(x)")
 _builtin("threshold", "x if x > threshold else default_value",

@@ -6,13 +6,14 @@
 namespace nestad {
 
 // leaky_relu: y = x if x > 0 else negative_slope * x; f' = 1 if x > 0 else negative_slope.
+// Tails: -inf gives (-inf * negative_slope, negative_slope), and (0, 0) when negative_slope = 0.
 struct LeakyRelu : NoParamCheck {
   static constexpr int kNumParams = 1;  // negative_slope
   float slope;
   NESTAD_HD explicit LeakyRelu(const float* p) : slope(p[0]) {}
   template <typename T>
   NESTAD_HD void operator()(T x, T& y, T& d) const {
-    y = x > T(0) ? x : T(slope) * x;
+    y = x > T(0) ? x : MulVanishing(x, T(slope));
     d = x > T(0) ? T(1) : T(slope);
   }
 };

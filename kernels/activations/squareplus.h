@@ -8,7 +8,9 @@ namespace nestad {
 // squareplus: y = (x + r) / 2 with r = sqrt(x^2 + b); f' = (1 + x / r) / 2.
 // For x < 0 both are rewritten without cancellation: y = b / (2 (r - x)),
 // f' = b / (2 r (r - x)); r is computed as |x| sqrt(1 + b / x^2) for |x| > 1 so
-// that x^2 never overflows. Tails: -inf gives (0, 0); +inf gives (+inf, 1).
+// that x^2 never overflows, and y = x/2 + r/2 so that x + r cannot overflow near the
+// largest finite x. With b = 0 (relu), f'(0) is the right derivative, 1.
+// Tails: -inf gives (0, 0); +inf gives (+inf, 1).
 struct Squareplus {
   static constexpr int kNumParams = 1;  // b
   float b;
@@ -20,8 +22,8 @@ struct Squareplus {
   NESTAD_HD void operator()(T x, T& y, T& d) const {
     const T bb = T(b), ax = Abs(x);
     const T r = ax > T(1) ? ax * Sqrt(T(1) + (bb / ax) / ax) : Sqrt(x * x + bb);
-    const T x_over_r = r == T(0) ? T(0) : (IsInf(x) ? T(1) : x / r);
-    y = x >= T(0) ? T(0.5) * (x + r) : T(0.5) * bb / (r - x);
+    const T x_over_r = r == T(0) ? T(1) : (IsInf(x) ? T(1) : x / r);
+    y = x >= T(0) ? T(0.5) * x + T(0.5) * r : T(0.5) * bb / (r - x);
     d = x >= T(0) ? T(0.5) * (T(1) + x_over_r) : T(0.5) * bb / (r * (r - x));
   }
 };
