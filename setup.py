@@ -11,8 +11,19 @@ at import, a different TF version means the pure-TF path and one warning.
 Environment:
   NESTAD_TF_NO_KERNELS=1  install without kernels (pure-TF path only).
   CXX                     the C++ compiler (default: g++ / the Python build's).
+
+GPU kernels: when the installed TensorFlow is a CUDA build (its wheel ships the
+CUDA headers) and nvcc is found, kernels/cuda/ is also compiled, into
+nestad_tf/_nestad_ops_gpu.so (loaded only under CUDA TensorFlow); otherwise the
+CPU-only build proceeds unchanged.
+  NESTAD_TF_NO_CUDA=1     skip the GPU kernels even where they could be built.
+  NVCC                    the CUDA compiler (default: nvcc on PATH, then $CUDA_HOME/bin,
+                          /usr/local/cuda/bin).
+  NESTAD_CUDA_ARCHS       GPU architectures, e.g. "80;90" (the default): SASS for
+                          each plus PTX of the lowest, which newer GPUs JIT-compile.
 """
 
+import concurrent.futures
 import json
 import os
 import platform
@@ -55,6 +66,78 @@ def _tensorflow_build_flags():
     return tf.__version__, tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
 
 
+GPU_LIBRARY_NAME = "_nestad_ops_gpu.so"
+CUDA_DIR = os.path.join(ROOT, "kernels", "cuda")
+GPU_GLUE_SOURCE = os.path.join(CUDA_DIR, "fused_activation_gpu_ops.cc")
+
+
+def _find_nvcc():
+    candidates = [os.environ.get("NVCC"), shutil.which("nvcc")]
+    candidates += [os.path.join(d, "bin", "nvcc")
+                   for d in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if d]
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)),
+                None)
+
+
+def _cuda_build_plan():
+    """(nvcc, TF's CUDA include dir) when the GPU kernels can be built, else (None, reason)."""
+    if os.environ.get("NESTAD_TF_NO_CUDA"):
+        return None, "NESTAD_TF_NO_CUDA is set"
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not tf.sysconfig.get_build_info().get("is_cuda_build"):
+        return None, f"TensorFlow {tf.__version__} is not a CUDA build"
+    cuda_include = os.path.join(tf.sysconfig.get_include(), "third_party", "gpus", "cuda",
+                                "include")
+    if not os.path.exists(os.path.join(cuda_include, "cuda_runtime.h")):
+        return None, f"TensorFlow ships no CUDA headers under {cuda_include}"
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        return None, "nvcc was not found (set NVCC)"
+    return (nvcc, cuda_include), ""
+
+
+def _nvcc_flags():
+    """kernels/cuda/nvcc_flags.txt (shared with .ci/cuda_check.sh) plus the architectures."""
+    with open(os.path.join(CUDA_DIR, "nvcc_flags.txt")) as f:
+        flags = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    archs = sorted({a.strip() for a in os.environ.get("NESTAD_CUDA_ARCHS", "80;90")
+                    .replace(",", ";").split(";") if a.strip()}, key=int)
+    codes = ",".join([f"sm_{a}" for a in archs] + [f"compute_{archs[0]}"])
+    return flags + [f"-gencode=arch=compute_{archs[0]},code=[{codes}]"]
+
+
+def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_include, temp):
+    """Compiles kernels/cuda/*.cu with nvcc (no TF headers) and the op glue with the C++
+    compiler against TF's CUDA headers, in parallel, and links them into `output`. The CUDA
+    runtime is not linked: CUDA TensorFlow's framework library exports it."""
+    os.makedirs(temp, exist_ok=True)
+    include = ["-I" + os.path.join(ROOT, "kernels")]
+    jobs = []
+    for name in sorted(os.listdir(CUDA_DIR)):
+        if name.endswith(".cu"):
+            obj = os.path.join(temp, name + ".o")
+            jobs.append(([nvcc] + _nvcc_flags() + include
+                         + ["-c", os.path.join(CUDA_DIR, name), "-o", obj], obj))
+    glue_obj = os.path.join(temp, "fused_activation_gpu_ops.o")
+    jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
+                 + ["-I" + cuda_include, "-DGOOGLE_CUDA=1", GPU_GLUE_SOURCE, "-o", glue_obj],
+                 glue_obj))
+
+    def run(command):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(
+                "nestad_tf: compiling the GPU kernels failed.\n  command: " + " ".join(command)
+                + "\n" + result.stderr[-4000:] + "\nFix the error above, or set "
+                "NESTAD_TF_NO_CUDA=1 to install the CPU kernels only."
+            )
+
+    with concurrent.futures.ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+        list(pool.map(run, [command for command, _ in jobs]))
+    run([compiler, "-shared", "-fPIC"] + [obj for _, obj in jobs] + ["-o", output] + link_flags)
+    return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags()}
+
+
 class BuildKernels(build_ext):
     """Compiles kernels/ into nestad_tf/_nestad_ops.so and records the TF version."""
 
@@ -94,6 +177,17 @@ class BuildKernels(build_ext):
                 "flags": CXX_FLAGS,
                 "machine": platform.machine(),
             }
+            cuda_plan, no_cuda_reason = _cuda_build_plan()
+            if cuda_plan is None:
+                print(f"nestad_tf: CPU kernels only ({no_cuda_reason})")
+                info["cuda"] = None
+            else:
+                print("nestad_tf: compiling GPU kernels with", cuda_plan[0])
+                gpu_output = os.path.join(os.path.dirname(output), GPU_LIBRARY_NAME)
+                info["cuda"] = _build_gpu_library(
+                    gpu_output, compiler, compile_flags, link_flags, *cuda_plan,
+                    os.path.join(self.build_temp, "cuda"))
+                self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [gpu_output]
             info_path = os.path.join(os.path.dirname(output), "_build_info.json")
             with open(info_path, "w") as f:
                 json.dump(info, f, indent=2)
@@ -104,6 +198,8 @@ class BuildKernels(build_ext):
         super().copy_extensions_to_source()
         for built in getattr(self, "_build_infos", []):
             shutil.copy(built, os.path.join(ROOT, "nestad_tf", "_build_info.json"))
+        for built in getattr(self, "_gpu_libraries", []):
+            shutil.copy(built, os.path.join(ROOT, "nestad_tf", GPU_LIBRARY_NAME))
 
     def get_ext_filename(self, ext_name):
         # A plain `.so`, loaded with tf.load_op_library (not a Python extension module).

@@ -6,6 +6,11 @@ binary is only safe with that exact version, so on any mismatch, or if the file
 is missing or cannot be loaded, nestad_tf warns once (saying what happened and
 how to rebuild) and runs its pure-TensorFlow path, which computes the same
 values and derivatives.
+
+Under a CUDA build of TensorFlow, the GPU kernels of the same ops
+(`_nestad_ops_gpu.so`, built by setup.py when nvcc was available) are loaded
+after the CPU library; if they cannot be, the ops keep their CPU kernels and
+one warning says why.
 """
 
 import dataclasses
@@ -18,6 +23,7 @@ from typing import Optional
 import tensorflow as tf
 
 LIBRARY_NAME = "_nestad_ops.so"
+GPU_LIBRARY_NAME = "_nestad_ops_gpu.so"
 BUILD_INFO_NAME = "_build_info.json"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _REBUILD_HINT = (
@@ -34,6 +40,7 @@ class KernelLibrary:
     path: str
     built_against: Optional[str]
     reason: str
+    gpu_reason: str = "not loaded"  # "loaded", or why the GPU kernels are not registered
 
 
 _lock = threading.Lock()
@@ -80,7 +87,28 @@ def _load() -> KernelLibrary:
             None, path, built_against,
             f"loading {path} failed ({message}). " + _REBUILD_HINT,
         )
-    return KernelLibrary(module, path, built_against, "loaded")
+    return KernelLibrary(module, path, built_against, "loaded", _load_gpu_kernels(path))
+
+
+def _load_gpu_kernels(path: str) -> str:
+    """Registers the GPU kernels beside the CPU library; returns "loaded" or why not."""
+    if not tf.test.is_built_with_cuda():
+        return "TensorFlow is not a CUDA build"
+    if not _read_build_info(path).get("cuda"):
+        return "built without GPU kernels (no CUDA TensorFlow or no nvcc at build time)"
+    gpu_path = os.path.join(os.path.dirname(path), GPU_LIBRARY_NAME)
+    try:
+        tf.load_op_library(gpu_path)
+    except (tf.errors.NotFoundError, OSError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"nestad_tf: GPU kernels unavailable, the fused ops run on the CPU: loading "
+            f"{gpu_path} failed ({message}). " + _REBUILD_HINT,
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return f"loading {gpu_path} failed ({message})"
+    return "loaded"
 
 
 def load() -> KernelLibrary:
