@@ -598,6 +598,24 @@ def _recreate_subclassed(model):
     return clone
 
 
+def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
+    """Old layer path -> the new model's layer in the same position (names may differ)."""
+    old_layers = list(_walk(model))
+    new_layers = [layer for _, layer, _ in _walk(new_model)]
+    if len(old_layers) != len(new_layers):
+        raise RuntimeError(
+            f"convert(): the re-created {type(model).__name__} has {len(new_layers)} layers "
+            f"instead of {len(old_layers)}"
+        )
+    mapping = {}
+    for (path, old, _), new in zip(old_layers, new_layers):
+        if type(old) is not type(new) and not isinstance(new, _layers.Activation):  # pylint: disable=unidiomatic-typecheck
+            raise RuntimeError(f"convert(): layer {path} ({type(old).__name__}) became a "
+                               f"{type(new).__name__} in the re-created model")
+        mapping[path] = new
+    return mapping
+
+
 def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[str] = (), *,
             layers: Optional[Iterable[str]] = None, exclude_layers: Iterable[str] = (),
             backend: str = "auto", verbose: bool = False) -> keras.Model:
@@ -678,7 +696,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         new_model = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
 
     # activation= arguments (and Activation layers inside custom layers): set on the new layers
-    new_layers = {path: layer for path, layer, _ in _walk(new_model)}
+    new_layers = _counterparts(model, new_model)
     notes = []
     for path, layer, decision in entries_in_order:
         if not decision.replace:
@@ -695,7 +713,13 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
                          "does not save its activation attribute, so a saved and reloaded model "
                          "gets Keras' activation back")
 
-    if model.built and new_model.built:
+    if model.weights:
+        if len(new_model.weights) != len(model.weights):
+            raise RuntimeError(
+                f"convert(): the re-created {type(model).__name__} has {len(new_model.weights)} "
+                f"weights instead of {len(model.weights)}; call the model once on data (so that "
+                "Keras records its input shape) before converting it"
+            )
         new_model.set_weights(model.get_weights())
 
     report_entries = []
