@@ -35,10 +35,14 @@ constants) the function is evaluated eagerly (at trace time inside
     behind `tf.stop_gradient`, and non-deterministic functions);
   * the Jacobian is not diagonal: the JVP along a random tangent v differs from
     fn'(x) * v (mixing visible only in the derivatives, e.g. a custom gradient);
+  * its forward-mode derivative differs from its reverse-mode gradient: TF's
+    forward mode differentiates the primal ops and ignores `tf.custom_gradient`,
+    so a function relying on a custom gradient cannot be reproduced;
   * likewise for each tensor parameter, whose elements must each act on the
     elements they broadcast to.
 It also rejects functions that read trainable variables themselves (their
-gradient would be lost): pass them as parameters.
+gradient would be lost): pass them as parameters. The probe runs in a fresh
+thread, eagerly, so it sees none of the caller's graph or tapes.
 The check cannot catch mixing that happens only outside the probe (values in
 [-2.5, 2.5], parameter values in [0.5, 1.5], every free axis reduced to 5
 elements: e.g. `tf.where(x > 100, tf.nn.softmax(x), x)`, or a `tf.roll` by a
@@ -54,9 +58,11 @@ so a second-order gradient raises `nestad_tf.SecondOrderGradientError` instead
 of silently returning zero.
 """
 
+import concurrent.futures
 import contextlib
 import functools
 import inspect
+import warnings
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
@@ -78,6 +84,17 @@ ParamsLike = Union[Mapping[str, Any], Sequence[Tuple[str, Any]], None]
 
 class NotElementwiseError(ValueError):
     """The function given to `nestad_tf.forward_ad` is not element-wise (see module doc)."""
+
+    # Exception's own constructor lets AutoGraph re-raise this type (with the
+    # user's traceback) when the check fails while tracing a tf.function,
+    # instead of wrapping it in a StagingError.
+    __init__ = Exception.__init__
+
+
+class _ReadsVariablesError(ValueError):
+    """fn reads a trainable variable itself, whose gradient would be lost."""
+
+    __init__ = Exception.__init__  # see NotElementwiseError
 
 
 class ForwardADActivation:
@@ -168,9 +185,11 @@ class ForwardADActivation:
         key = (x.dtype.name, shape, _freeze(constants), tuple(sorted(param_shapes.items())))
         if key in self._checked:
             return
-        with tf.init_scope():
-            check_elementwise(self.fn, x.dtype, shape, constants, param_shapes,
-                              name=self.name, full_shape=x.shape)
+        # A fresh thread is eager and sees none of the caller's graph, tapes or
+        # accumulators (tf.init_scope would pause the accumulators the check needs).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(check_elementwise, self.fn, x.dtype, shape, constants, param_shapes,
+                        name=self.name, full_shape=x.shape).result()
         self._checked.add(key)
 
     def __repr__(self):
@@ -291,8 +310,10 @@ def check_elementwise(fn: Callable[..., Any], dtype, shape: Sequence[int],
                       name: Optional[str] = None, full_shape=None) -> None:
     """Raises `NotElementwiseError` unless `fn` acts element-wise on a random probe.
 
-    Runs eagerly (call it under `tf.init_scope()` from traced code). What it
-    checks and cannot check: see the module docstring.
+    Must run eagerly with no tape or accumulator paused (`tf.init_scope()`
+    pauses them; `ForwardADActivation` runs it in a fresh thread). What it
+    checks and cannot check: see the module docstring. When `fn` cannot run on
+    any probe, the check is skipped with a warning.
 
     Args:
       fn: `fn(x, **constants, **tensor_params)`.
@@ -312,16 +333,25 @@ def check_elementwise(fn: Callable[..., Any], dtype, shape: Sequence[int],
         _probe(fn, dtype, tuple(shape), constants, param_shapes, name)
     except NotElementwiseError:
         raise
-    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+    except _ReadsVariablesError:
+        raise
+    except Exception as error:  # pylint: disable=broad-except
         full = _full_probe_shape(full_shape)
-        if full is None or full == tuple(shape):
-            raise
-        try:
-            _probe(fn, dtype, full, constants, param_shapes, name)
-        except NotElementwiseError:
-            raise
-        except Exception:  # pylint: disable=broad-except
-            raise error  # the error on the small probe is the one to show
+        if full is not None and full != tuple(shape):
+            try:
+                _probe(fn, dtype, full, constants, param_shapes, name)
+                return
+            except (NotElementwiseError, _ReadsVariablesError):
+                raise
+            except Exception:  # pylint: disable=broad-except
+                pass
+        warnings.warn(
+            f"nestad_tf.forward_ad: the element-wise check of '{name}' was skipped: the function "
+            f"failed on a random probe of shape {tuple(shape)} ({type(error).__name__}: "
+            f"{error}). Pass check=False to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 # --- forward computation and gradients ---
@@ -572,7 +602,7 @@ def _probe(fn, dtype, shape, constants, param_shapes, name):
         y = call(x, thetas)
     variables = [v.name for v in tape.watched_variables() if v.trainable]
     if variables:
-        raise ValueError(
+        raise _ReadsVariablesError(
             f"activation '{name}' reads the trainable variable(s) {variables} itself; its gradient "
             "would be lost, since nestad differentiates only x and the declared parameters. "
             "Declare it as a parameter (def fn(x, beta=1.0)) and pass the variable "
@@ -608,6 +638,18 @@ def _probe(fn, dtype, shape, constants, param_shapes, name):
             f"activation '{name}' is not element-wise: on a probe of shape {tuple(shape)} its "
             f"Jacobian is not diagonal (the derivative along a random direction v differs from "
             f"f'(x) * v). {mixing_hint}"
+        )
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = call(x, thetas)
+    reverse = tape.gradient(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if not _close(reverse, d, tolerance):
+        raise NotElementwiseError(
+            f"activation '{name}': its forward-mode derivative differs from its reverse-mode "
+            f"gradient on a probe of shape {tuple(shape)}. Either it is not element-wise (the "
+            "Jacobian is not diagonal), or it uses tf.custom_gradient: TensorFlow's forward-mode "
+            "AD differentiates the primal ops and ignores custom gradients, so nestad cannot "
+            "reproduce them. Write the function without tf.custom_gradient."
         )
     for key, theta in thetas.items():
         def along(value, key=key):
