@@ -1,0 +1,18 @@
+"""Bazel 4's native C++ rules under the names @rules_cc//cc:defs.bzl exports.
+
+@bazel_tools (tools/cpp, the auto-configured toolchain) loads these; the real
+rules_cc is an http_archive that cannot be fetched offline, and Debian's
+bazel-rules-cc is written for a newer Bazel.
+"""
+
+cc_binary = native.cc_binary
+cc_import = native.cc_import
+cc_library = native.cc_library
+cc_proto_library = native.cc_proto_library
+cc_test = native.cc_test
+cc_toolchain = native.cc_toolchain
+cc_toolchain_suite = native.cc_toolchain_suite
+fdo_prefetch_hints = native.fdo_prefetch_hints
+fdo_profile = native.fdo_profile
+objc_import = native.objc_import
+objc_library = native.objc_library
