@@ -25,7 +25,7 @@ import dataclasses
 import fnmatch
 import functools
 import math
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -598,6 +598,21 @@ def _recreate_subclassed(model):
     return clone
 
 
+def _same_inputs(model):
+    """New Input tensors named like the model's input layers (clone_model renames them)."""
+    if isinstance(model, keras.Sequential) or not getattr(model, "inputs", None):
+        return None
+    names = {id(layer.output): layer.name for layer in model.layers
+             if isinstance(layer, keras.layers.InputLayer)}
+
+    def new_input(tensor):
+        return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                           sparse=getattr(tensor, "sparse", False),
+                           name=names.get(id(tensor), None))
+
+    return keras.tree.map_structure(new_input, model.input)
+
+
 def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
     """Old layer path -> the new model's layer in the same position (names may differ)."""
     old_layers = list(_walk(model))
@@ -609,7 +624,7 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
         )
     mapping = {}
     for (path, old, _), new in zip(old_layers, new_layers):
-        if type(old) is not type(new) and not isinstance(new, _layers.Activation):  # pylint: disable=unidiomatic-typecheck
+        if type(old) is not type(new) and not isinstance(new, (_layers.Activation, keras.layers.Activation)):  # pylint: disable=unidiomatic-typecheck
             raise RuntimeError(f"convert(): layer {path} ({type(old).__name__}) became a "
                                f"{type(new).__name__} in the re-created model")
         mapping[path] = new
@@ -618,7 +633,9 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
 
 def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[str] = (), *,
             layers: Optional[Iterable[str]] = None, exclude_layers: Iterable[str] = (),
-            backend: str = "auto", verbose: bool = False) -> keras.Model:
+            backend: str = "auto", verbose: bool = False,
+            replace_with: Optional[Callable[[str, Dict[str, Any]], Callable]] = None
+            ) -> keras.Model:
     """Returns a copy of `model` whose element-wise activations keep only f'(x) for backprop.
 
     Replaces `keras.layers.Activation`, `ReLU`, `LeakyReLU` and `ELU` layers by
@@ -648,6 +665,10 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
       exclude_layers: fnmatch patterns of layers whose activations stay Keras'.
       backend: "auto", "kernel" or "tf", for the nestad activations.
       verbose: print the report of what was replaced and what was left alone, and why.
+      replace_with: `replace_with(name, params) -> callable`, what the chosen activations
+        become instead of nestad's (activation layers become `keras.layers.Activation` of
+        it); the benchmark builds its recomputed and identity baselines with it. Default
+        None: nestad activations.
 
     Returns:
       The new Keras model.
@@ -684,16 +705,24 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         decisions[id(layer)] = (path, layer, decision)
         entries_in_order.append((path, layer, decision))
 
+    swapped_paths = set()
+
     def clone_layer(layer):
         record = decisions.get(id(layer))
         if record is not None and record[2].replace and record[2].found.kind == "layer":
-            return _nestad_layer(layer, record[2].found, backend)
+            if replace_with is None:
+                return _nestad_layer(layer, record[2].found, backend)
+            swapped_paths.add(record[0])
+            found = record[2].found
+            return keras.layers.Activation(replace_with(found.spec.name, dict(found.params)),
+                                           name=layer.name, dtype=layer.dtype_policy)
         return layer.__class__.from_config(layer.get_config())
 
     if not _is_graph_model(model):
         new_model = _recreate_subclassed(model)
     else:
-        new_model = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+        new_model = keras.models.clone_model(model, input_tensors=_same_inputs(model),
+                                             clone_function=clone_layer, recursive=True)
 
     # activation= arguments (and Activation layers inside custom layers): set on the new layers
     new_layers = _counterparts(model, new_model)
@@ -704,8 +733,11 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         new_layer = new_layers.get(path)
         if new_layer is None:
             raise RuntimeError(f"convert(): layer {path} has no counterpart in the new model")
-        if isinstance(new_layer, _layers.Activation):
+        if isinstance(new_layer, _layers.Activation) or path in swapped_paths:
             continue  # swapped by clone_layer
+        if replace_with is not None:
+            new_layer.activation = replace_with(decision.found.spec.name, dict(decision.found.params))
+            continue
         new_layer.activation = _nestad_function(decision.found, backend)
         saved = str(new_layer.get_config().get("activation", ""))
         if "nestad_tf" not in saved:
