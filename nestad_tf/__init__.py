@@ -16,7 +16,7 @@ Quick tour:
     model = nestad_tf.convert(model, verbose=True)       # a whole Keras model, one line
 """
 
-from . import layers, registry
+from . import _loader, layers, registry
 from .activations import ActivationFunction, BUILTINS as _BUILTINS, get
 from .ops import (
     BACKENDS,
@@ -36,6 +36,11 @@ from .forward_ad import (
 )
 
 globals().update(_BUILTINS)
+
+# Register the kernels' ops with TensorFlow at import (silently; a missing or mismatched
+# library warns at first use), so that graphs and SavedModels that contain them load after
+# `import nestad_tf`.
+_loader.load()
 
 __version__ = "0.1.0"
 

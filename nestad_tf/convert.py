@@ -624,7 +624,8 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
         )
     mapping = {}
     for (path, old, _), new in zip(old_layers, new_layers):
-        if type(old) is not type(new) and not isinstance(new, (_layers.Activation, keras.layers.Activation)):  # pylint: disable=unidiomatic-typecheck
+        swapped = isinstance(new, (_layers.Activation, keras.layers.Activation))
+        if type(old) is not type(new) and not swapped:  # pylint: disable=unidiomatic-typecheck
             raise RuntimeError(f"convert(): layer {path} ({type(old).__name__}) became a "
                                f"{type(new).__name__} in the re-created model")
         mapping[path] = new
