@@ -1,0 +1,727 @@
+// Standalone test and benchmark of the CUDA fused activation kernels; needs
+// nvcc and a CUDA driver, no TensorFlow. Build and run: bash tools/gpu_check/run.sh
+//
+//   gpu_check                 accuracy of every activation (forward y and f',
+//                             backward dy * f') on the GPU against the CPU
+//                             implementation compiled from the same headers, over
+//                             a dense grid of inputs (every half/bfloat16 bit
+//                             pattern; dense, log-spaced, edge and random float32 /
+//                             float64 values incl. +-0, subnormals, +-inf, NaN), on
+//                             the aligned (16-byte pack), unaligned and in-place
+//                             paths; then GB/s at --bench-elements (default 256M)
+//                             against the device copy bandwidth of the same run.
+//   gpu_check --self-check    no GPU: runs the kernels' per-thread code on the CPU
+//                             over fake grids and checks the comparison logic.
+// Options: --tolerances float16=RTOL:ATOL,bfloat16=...,float32=...,float64=...
+//          (run.sh passes TOLERANCES from tests/conftest.py), --bench-elements N,
+//          --no-bench, --only NAME, --require-target (exit 1 below the target).
+// Exit status: 0 when every comparison is within tolerance, 1 otherwise.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cuda/fused_activation_gpu.h"
+#include "cuda/fused_activation_gpu_kernels.cuh"
+#include "fused_activation.h"
+
+namespace nestad {
+namespace check {
+
+using gpu::ElementType;
+
+// ---------------------------------------------------------------- test cases
+
+struct Case {
+  Kind kind;
+  std::vector<float> params;
+  std::string label;
+};
+
+// Parameter values for the activations that take parameters (the others take
+// none). An activation whose parameter count differs from this table is an
+// error, so a new parameterized activation gets its entry here.
+const std::multimap<std::string, std::vector<float>>& ParameterTable() {
+  static const std::multimap<std::string, std::vector<float>> table = {
+      {"celu", {1.0f}},
+      {"celu", {0.5f}},
+      {"elu", {1.0f}},
+      {"hard_shrink", {0.5f}},
+      {"leaky_relu", {0.2f}},
+      {"relu", {0.0f, INFINITY, 0.0f}},
+      {"relu", {0.1f, 6.0f, 0.5f}},
+      {"soft_shrink", {0.5f}},
+      {"squareplus", {4.0f}},
+      {"threshold", {0.5f, -1.0f}},
+  };
+  return table;
+}
+
+std::string Label(const std::string& name, const std::vector<float>& params) {
+  std::string label = name;
+  for (size_t i = 0; i < params.size(); ++i) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof(buffer), "%s%g", i ? "," : "(", params[i]);
+    label += buffer;
+  }
+  return params.empty() ? label : label + ")";
+}
+
+bool BuildCases(const std::string& only, std::vector<Case>* cases) {
+  for (int i = 0; i < static_cast<int>(Kind::kCount); ++i) {
+    const Kind kind = static_cast<Kind>(i);
+    const std::string name = Info(kind).name;
+    if (!only.empty() && only != name) continue;
+    std::vector<std::vector<float>> param_sets;
+    const auto range = ParameterTable().equal_range(name);
+    for (auto it = range.first; it != range.second; ++it) param_sets.push_back(it->second);
+    if (param_sets.empty()) param_sets.push_back({});
+    for (const auto& params : param_sets) {
+      Kind resolved;
+      const std::string error = ResolveActivation(name, params, &resolved);
+      if (!error.empty()) {
+        std::fprintf(stderr, "gpu_check: parameter table entry for %s: %s\n", name.c_str(),
+                     error.c_str());
+        return false;
+      }
+      cases->push_back({resolved, params, Label(name, params)});
+    }
+  }
+  return !cases->empty();
+}
+
+// ------------------------------------------------------------- element types
+
+template <typename S> struct TypeInfo;
+template <> struct TypeInfo<__half> {
+  static constexpr ElementType kType = ElementType::kFloat16;
+  static constexpr const char* kName = "float16";
+};
+template <> struct TypeInfo<__nv_bfloat16> {
+  static constexpr ElementType kType = ElementType::kBFloat16;
+  static constexpr const char* kName = "bfloat16";
+};
+template <> struct TypeInfo<float> {
+  static constexpr ElementType kType = ElementType::kFloat32;
+  static constexpr const char* kName = "float32";
+};
+template <> struct TypeInfo<double> {
+  static constexpr ElementType kType = ElementType::kFloat64;
+  static constexpr const char* kName = "float64";
+};
+
+template <typename S>
+double ToDouble(S value) { return static_cast<double>(static_cast<typename ComputeType<S>::type>(value)); }
+template <typename S>
+S FromDouble(double value) { return static_cast<S>(static_cast<typename ComputeType<S>::type>(value)); }
+
+template <typename S>
+bool SameBits(S a, S b) { return std::memcmp(&a, &b, sizeof(S)) == 0; }
+
+// Tolerances: |got - want| <= atol + rtol * |want| (the rule of tests/conftest.py).
+struct Tolerance {
+  double rtol, atol;
+};
+std::map<std::string, Tolerance> g_tolerances = {
+    // Defaults = TOLERANCES of tests/conftest.py; run.sh passes the live values.
+    {"float16", {2e-3, 2e-3}},
+    {"bfloat16", {1.6e-2, 1.6e-2}},
+    {"float32", {2e-5, 2e-6}},
+    {"float64", {1e-9, 1e-12}},
+};
+
+bool ParseTolerances(const std::string& text) {
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(start, end - start);
+    const size_t eq = item.find('='), colon = item.find(':');
+    if (eq == std::string::npos || colon == std::string::npos || colon < eq ||
+        !g_tolerances.count(item.substr(0, eq))) {
+      std::fprintf(stderr, "gpu_check: bad --tolerances item '%s'\n", item.c_str());
+      return false;
+    }
+    g_tolerances[item.substr(0, eq)] = {std::atof(item.substr(eq + 1, colon - eq - 1).c_str()),
+                                        std::atof(item.substr(colon + 1).c_str())};
+    start = end + 1;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- comparison
+
+struct Comparison {
+  int64_t count = 0, mismatches = 0, identical = 0, first_mismatch = -1;
+  double worst = 0;  // largest |got - want| / (atol + rtol |want|) over finite pairs
+  void Merge(const Comparison& other) {
+    if (first_mismatch < 0 && other.first_mismatch >= 0) first_mismatch = count + other.first_mismatch;
+    count += other.count;
+    mismatches += other.mismatches;
+    identical += other.identical;
+    worst = std::max(worst, other.worst);
+  }
+};
+
+// NaN must meet NaN, infinities must be equal, finite values within tolerance.
+template <typename S>
+Comparison Compare(const S* got, const S* want, int64_t n, Tolerance tol) {
+  Comparison result;
+  result.count = n;
+  for (int64_t i = 0; i < n; ++i) {
+    if (SameBits(got[i], want[i])) {
+      ++result.identical;
+      continue;
+    }
+    const double a = ToDouble(got[i]), b = ToDouble(want[i]);
+    bool ok;
+    if (a == b) {  // +0 and -0
+      ok = true;
+    } else if (std::isnan(a) || std::isnan(b)) {
+      ok = std::isnan(a) && std::isnan(b);
+    } else if (std::isinf(a) || std::isinf(b)) {
+      ok = a == b;
+    } else {
+      const double ratio = std::fabs(a - b) / (tol.atol + tol.rtol * std::fabs(b));
+      result.worst = std::max(result.worst, ratio);
+      ok = ratio <= 1.0;
+    }
+    if (!ok) {
+      if (result.first_mismatch < 0) result.first_mismatch = i;
+      ++result.mismatches;
+    }
+  }
+  return result;
+}
+
+// ------------------------------------------------------------------- inputs
+
+template <typename S>
+std::vector<S> DenseInputs() {
+  std::vector<S> values;
+  if (sizeof(S) == 2) {  // every bit pattern: +-0, subnormals, normals, +-inf, NaNs
+    for (uint32_t bits = 0; bits < 65536; ++bits) {
+      const uint16_t b16 = static_cast<uint16_t>(bits);
+      S value;
+      std::memcpy(&value, &b16, 2);
+      values.push_back(value);
+    }
+  } else {
+    using C = typename ComputeType<S>::type;
+    const double edges[] = {0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 20.0, -20.0, 1e4, -1e4,
+                            INFINITY, -INFINITY, NAN, 3.0, -3.0, 6.0, 0.5, -0.5, 10.0, -10.0,
+                            std::numeric_limits<C>::min(), -std::numeric_limits<C>::min(),
+                            std::numeric_limits<C>::denorm_min(), std::numeric_limits<C>::max(),
+                            -std::numeric_limits<C>::max()};
+    for (double e : edges) values.push_back(FromDouble<S>(e));
+    const int dense = sizeof(S) == 4 ? (1 << 20) : (1 << 19);
+    const double limit = sizeof(S) == 4 ? 40.0 : 50.0;
+    for (int i = 0; i < dense; ++i) values.push_back(FromDouble<S>(-limit + 2 * limit * i / (dense - 1)));
+    const int min_exp = std::numeric_limits<C>::min_exponent - std::numeric_limits<C>::digits;
+    const int max_exp = std::numeric_limits<C>::max_exponent;
+    for (int e = min_exp; e < max_exp; ++e) {  // log-spaced magnitudes, both signs
+      for (int m = 0; m < (sizeof(S) == 4 ? 64 : 16); ++m) {
+        const double v = std::ldexp(1.0 + m / 64.0, e);
+        values.push_back(FromDouble<S>(v));
+        values.push_back(FromDouble<S>(-v));
+      }
+    }
+  }
+  std::mt19937_64 rng(12345);
+  std::normal_distribution<double> normal(0.0, 5.0);
+  const int random = sizeof(S) == 2 ? (1 << 16) : (1 << 18);
+  for (int i = 0; i < random; ++i) values.push_back(FromDouble<S>(normal(rng)));
+  for (int i = 0; i < random; ++i) {  // random bit patterns (all classes of values)
+    uint64_t bits = rng();
+    S value;
+    std::memcpy(&value, &bits, sizeof(S));
+    values.push_back(value);
+  }
+  while (values.size() % 16 != 13) values.push_back(FromDouble<S>(0.25));  // a ragged tail
+  return values;
+}
+
+template <typename S>
+std::vector<S> RandomGradients(size_t n) {
+  std::vector<S> values(n);
+  std::mt19937_64 rng(777);
+  std::normal_distribution<double> normal(0.0, 2.0);
+  for (auto& v : values) v = FromDouble<S>(normal(rng));
+  if (n > 4) {
+    values[0] = FromDouble<S>(INFINITY);
+    values[1] = FromDouble<S>(NAN);
+    values[2] = FromDouble<S>(-0.0);
+  }
+  return values;
+}
+
+// ---------------------------------------------------------- CPU reference
+
+template <typename Fn>
+void ParallelChunks(int64_t n, Fn fn) {
+  const int64_t threads = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  const int64_t chunk = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    pool.emplace_back(fn, begin, std::min(n, begin + chunk));
+  }
+  for (auto& t : pool) t.join();
+}
+
+template <typename S>
+void CpuForward(const Case& c, const S* x, S* y, S* d, int64_t n) {
+  VisitActivation(c.kind, c.params.data(), [&](auto f) {
+    ParallelChunks(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) FusedForwardElement(f, x[i], y[i], d[i]);
+    });
+    return 0;
+  });
+}
+
+template <typename S>
+void CpuBackward(const S* dy, const S* d, S* dx, int64_t n) {
+  ParallelChunks(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dx[i] = FusedBackwardElement(dy[i], d[i]);
+  });
+}
+
+// ------------------------------------------------------------------ output
+
+int g_failures = 0;
+
+template <typename S>
+void Report(const char* what, const std::string& label, const Comparison& c) {
+  const bool ok = c.mismatches == 0;
+  if (!ok) ++g_failures;
+  std::printf("%-26s %-9s %-13s %9lld %8.4f %7.3f%% %s", label.c_str(), TypeInfo<S>::kName, what,
+              static_cast<long long>(c.count), c.worst,
+              100.0 * c.identical / std::max<int64_t>(1, c.count), ok ? "ok" : "FAIL");
+  if (!ok) std::printf(" (%lld mismatches, first at %lld)", static_cast<long long>(c.mismatches),
+                       static_cast<long long>(c.first_mismatch));
+  std::printf("\n");
+}
+
+void PrintAccuracyHeader(const char* title) {
+  std::printf("\n%s\n%-26s %-9s %-13s %9s %8s %8s %s\n", title, "activation", "dtype", "output",
+              "elements", "worst", "bitexact", "result");
+  std::printf("(worst = max |got - want| / (atol + rtol |want|); <= 1 passes)\n");
+}
+
+// ------------------------------------------------------- self-check (no GPU)
+
+template <typename S>
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n) : size(n), data(static_cast<S*>(std::aligned_alloc(64, ((n * sizeof(S) + 63) / 64 + 1) * 64))) {}
+  ~AlignedBuffer() { std::free(data); }
+  size_t size;
+  S* data;
+};
+
+// Runs ForwardThread / BackwardThread for every thread of a fake grid on the
+// CPU and compares with the CPU reference: same math, so every element must
+// match; outputs start as a sentinel, so a skipped element fails.
+template <typename S, int kVec>
+void EmulateCase(const Case& c, const std::vector<S>& inputs, int64_t offset, int64_t threads) {
+  using Codec = gpu::ExactDerivative<S>;
+  const int64_t n = static_cast<int64_t>(inputs.size()) - offset;
+  AlignedBuffer<S> x(inputs.size()), y(inputs.size()), d(inputs.size()), dx(inputs.size());
+  std::memcpy(x.data, inputs.data(), inputs.size() * sizeof(S));
+  std::vector<S> want_y(n), want_d(n), want_dx(n);
+  CpuForward(c, x.data + offset, want_y.data(), want_d.data(), n);
+  const S sentinel = FromDouble<S>(1234.0);
+  std::fill(y.data, y.data + y.size, sentinel);
+  std::fill(d.data, d.data + d.size, sentinel);
+  VisitActivation(c.kind, c.params.data(), [&](auto f) {
+    for (int64_t t = 0; t < threads; ++t) {
+      gpu::ForwardThread<decltype(f), S, kVec, Codec>(f, x.data + offset, y.data + offset,
+                                                      d.data + offset, n, t, threads);
+    }
+    return 0;
+  });
+  const std::vector<S> dy = RandomGradients<S>(n);
+  CpuBackward(dy.data(), want_d.data(), want_dx.data(), n);
+  std::fill(dx.data, dx.data + dx.size, sentinel);
+  AlignedBuffer<S> dy_buffer(inputs.size());
+  std::memcpy(dy_buffer.data + offset, dy.data(), n * sizeof(S));
+  for (int64_t t = 0; t < threads; ++t) {
+    gpu::BackwardThread<S, kVec, Codec>(dy_buffer.data + offset, d.data + offset,
+                                        dx.data + offset, n, t, threads);
+  }
+  const Tolerance exact{0.0, 0.0};
+  char what[64];
+  std::snprintf(what, sizeof(what), "y v%d+%lld/%lld", kVec, static_cast<long long>(offset),
+                static_cast<long long>(threads));
+  Report<S>(what, c.label, Compare(y.data + offset, want_y.data(), n, exact));
+  what[0] = 'd';
+  Report<S>(what, c.label, Compare(d.data + offset, want_d.data(), n, exact));
+  what[0] = 'x';
+  Report<S>(what, c.label, Compare(dx.data + offset, want_dx.data(), n, exact));
+}
+
+template <typename S>
+void SelfCheckType(const std::vector<Case>& cases) {
+  std::vector<S> inputs = DenseInputs<S>();
+  inputs.resize(4096 + 13);  // a slice of the grid (edge values first), ragged length
+  for (const Case& c : cases) {
+    constexpr int kVec = gpu::VectorWidth<S>();
+    EmulateCase<S, kVec>(c, inputs, 0, 1);
+    EmulateCase<S, kVec>(c, inputs, 0, 37);
+    EmulateCase<S, 1>(c, inputs, 1, 64);
+  }
+}
+
+// The comparison must flag what is wrong and only that.
+template <typename S>
+void SelfCheckComparison() {
+  const Tolerance tol = g_tolerances[TypeInfo<S>::kName];
+  std::vector<S> want = {FromDouble<S>(1.0), FromDouble<S>(-2.0), FromDouble<S>(0.0),
+                         FromDouble<S>(INFINITY), FromDouble<S>(NAN), FromDouble<S>(100.0)};
+  struct Fault {
+    int index;
+    double value;
+    bool flagged;
+  } faults[] = {
+      {0, 1.0 + 4 * tol.rtol + 4 * tol.atol, true},  // beyond tolerance
+      {0, 1.0 + 0.2 * (tol.rtol + tol.atol), false},  // within tolerance (rounded to S)
+      {1, NAN, true},                                  // NaN for a number
+      {3, -INFINITY, true},                            // wrong infinity
+      {3, 1000.0, true},                               // finite for inf
+      {4, 0.0, true},                                  // number for NaN
+      {5, 100.0 * (1 + 10 * tol.rtol) + 10 * tol.atol, true},
+  };
+  int failures = 0;
+  for (const Fault& fault : faults) {
+    std::vector<S> got = want;
+    got[fault.index] = FromDouble<S>(fault.value);
+    const Comparison c = Compare(got.data(), want.data(), want.size(), tol);
+    if ((c.mismatches == 1) != fault.flagged || c.mismatches > 1) {
+      std::printf("comparison self-check %s: fault at %d (value %g) %s\n", TypeInfo<S>::kName,
+                  fault.index, fault.value, fault.flagged ? "not flagged" : "wrongly flagged");
+      ++failures;
+    }
+  }
+  const Comparison same = Compare(want.data(), want.data(), want.size(), tol);
+  if (same.mismatches != 0 || same.identical != static_cast<int64_t>(want.size())) ++failures;
+  std::printf("comparison self-check %-9s %s\n", TypeInfo<S>::kName, failures ? "FAIL" : "ok");
+  g_failures += failures;
+}
+
+int SelfCheck(const std::vector<Case>& cases) {
+  std::printf("gpu_check --self-check: kernels' per-thread code run on the CPU, no GPU used\n");
+  SelfCheckComparison<__half>();
+  SelfCheckComparison<__nv_bfloat16>();
+  SelfCheckComparison<float>();
+  SelfCheckComparison<double>();
+  // Launcher argument checks that need no device.
+  gpu::ForwardArgs args{};
+  args.kind = cases[0].kind;
+  args.params = cases[0].params.data();
+  args.type = ElementType::kFloat32;
+  args.n = 0;
+  int launcher_failures = 0;
+  launcher_failures += gpu::LaunchFusedForward(args, nullptr) != nullptr;  // n = 0: no-op
+  args.n = -1;
+  launcher_failures += gpu::LaunchFusedForward(args, nullptr) == nullptr;
+  args.n = 10;
+  launcher_failures += gpu::LaunchFusedForward(args, nullptr) == nullptr;  // null pointers
+  std::printf("launcher argument checks %s\n", launcher_failures ? "FAIL" : "ok");
+  g_failures += launcher_failures;
+  PrintAccuracyHeader("per-thread kernel code on the CPU vs CPU reference (exact match required)");
+  std::printf("(output: y/d/x = forward y, forward f', backward dx; vK+offset/threads)\n");
+  SelfCheckType<__half>(cases);
+  SelfCheckType<__nv_bfloat16>(cases);
+  SelfCheckType<float>(cases);
+  SelfCheckType<double>(cases);
+  std::printf("\nself-check: %s (%d failures)\n", g_failures ? "FAIL" : "PASS", g_failures);
+  return g_failures ? 1 : 0;
+}
+
+// ------------------------------------------------------------ GPU accuracy
+
+#define CUDA_OK(call)                                                                     \
+  do {                                                                                    \
+    const cudaError_t status_ = (call);                                                   \
+    if (status_ != cudaSuccess) {                                                         \
+      std::fprintf(stderr, "gpu_check: %s failed: %s (%s:%d)\n", #call,                   \
+                   cudaGetErrorString(status_), __FILE__, __LINE__);                      \
+      std::exit(2);                                                                       \
+    }                                                                                     \
+  } while (0)
+
+void LaunchOk(const char* error, const char* what) {
+  if (error != nullptr) {
+    std::fprintf(stderr, "gpu_check: %s launch failed: %s\n", what, error);
+    std::exit(2);
+  }
+}
+
+template <typename S>
+struct DeviceBuffer {
+  explicit DeviceBuffer(size_t n) : size(n) { CUDA_OK(cudaMalloc(&data, (n + 16) * sizeof(S))); }
+  ~DeviceBuffer() { cudaFree(data); }
+  void Upload(const S* host, size_t n, size_t offset = 0) {
+    CUDA_OK(cudaMemcpy(data + offset, host, n * sizeof(S), cudaMemcpyHostToDevice));
+  }
+  std::vector<S> Download(size_t n, size_t offset = 0) const {
+    std::vector<S> host(n);
+    CUDA_OK(cudaMemcpy(host.data(), data + offset, n * sizeof(S), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  size_t size;
+  S* data = nullptr;
+};
+
+template <typename S>
+void AccuracyType(const std::vector<Case>& cases) {
+  const Tolerance tol = g_tolerances[TypeInfo<S>::kName];
+  const std::vector<S> x = DenseInputs<S>();
+  const int64_t n = static_cast<int64_t>(x.size());
+  const std::vector<S> dy = RandomGradients<S>(n);
+  DeviceBuffer<S> x_dev(n), y_dev(n), d_dev(n), dy_dev(n), dx_dev(n);
+  std::vector<S> want_y(n), want_d(n), want_dx(n);
+  for (const Case& c : cases) {
+    CpuForward(c, x.data(), want_y.data(), want_d.data(), n);
+    CpuBackward(dy.data(), want_d.data(), want_dx.data(), n);
+    gpu::ForwardArgs forward{c.kind, c.params.data(), TypeInfo<S>::kType,
+                             gpu::DerivativeStorage::kExact, n, nullptr, nullptr, nullptr};
+    gpu::BackwardArgs backward{TypeInfo<S>::kType, gpu::DerivativeStorage::kExact, n,
+                               nullptr, nullptr, nullptr};
+    Comparison y_all, d_all, dx_all;
+    // offset 0: 16-byte packs; offset 1: the unaligned one-element path.
+    for (int64_t offset : {0, 1}) {
+      const int64_t m = n - offset;
+      x_dev.Upload(x.data() + offset, m, offset);
+      dy_dev.Upload(dy.data() + offset, m, offset);
+      d_dev.Upload(want_d.data() + offset, m, offset);
+      forward.n = backward.n = m;
+      forward.x = x_dev.data + offset;
+      forward.y = y_dev.data + offset;
+      forward.derivative = d_dev.data + offset;
+      backward.dy = dy_dev.data + offset;
+      backward.derivative = d_dev.data + offset;  // the reference f', so dx is checked alone
+      backward.dx = dx_dev.data + offset;
+      LaunchOk(gpu::LaunchFusedBackward(backward, nullptr), "backward");
+      LaunchOk(gpu::LaunchFusedForward(forward, nullptr), "forward");
+      CUDA_OK(cudaDeviceSynchronize());
+      y_all.Merge(Compare(y_dev.Download(m, offset).data(), want_y.data() + offset, m, tol));
+      d_all.Merge(Compare(d_dev.Download(m, offset).data(), want_d.data() + offset, m, tol));
+      dx_all.Merge(Compare(dx_dev.Download(m, offset).data(), want_dx.data() + offset, m, tol));
+    }
+    // In place, as when TF forwards x's buffer to y.
+    x_dev.Upload(x.data(), n);
+    forward.n = n;
+    forward.x = forward.y = x_dev.data;
+    forward.derivative = d_dev.data;
+    LaunchOk(gpu::LaunchFusedForward(forward, nullptr), "forward in place");
+    CUDA_OK(cudaDeviceSynchronize());
+    y_all.Merge(Compare(x_dev.Download(n).data(), want_y.data(), n, tol));
+    Report<S>("y", c.label, y_all);
+    Report<S>("f'", c.label, d_all);
+    Report<S>("dx=dy*f'", c.label, dx_all);
+  }
+}
+
+// ------------------------------------------------------------- bandwidth
+
+template <typename S>
+__global__ void InitUniform(S* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint64_t h = static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    x[i] = static_cast<S>(static_cast<float>((h >> 40) * (12.0 / 16777216.0) - 6.0));
+  }
+}
+
+__global__ void CopyKernel(const uint4* in, uint4* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = in[i];
+  }
+}
+
+// Median time in ms of `reps` runs of fn on the default stream.
+template <typename Fn>
+double MedianMs(Fn fn, int reps = 10) {
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  for (int i = 0; i < 2; ++i) fn();
+  std::vector<float> times;
+  for (int i = 0; i < reps; ++i) {
+    CUDA_OK(cudaEventRecord(start));
+    fn();
+    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  CUDA_OK(cudaGetLastError());
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct Bandwidth {
+  double memcpy_gbs, kernel_gbs;
+  double Reference() const { return std::max(memcpy_gbs, kernel_gbs); }
+};
+
+Bandwidth CopyBandwidth(void* a, void* b, size_t bytes) {
+  int sms = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const double memcpy_ms = MedianMs([&] {
+    CUDA_OK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+  });
+  const int64_t packs = bytes / 16;
+  const double kernel_ms = MedianMs([&] {
+    CopyKernel<<<sms * 8, 256>>>(static_cast<const uint4*>(a), static_cast<uint4*>(b), packs);
+  });
+  return {2.0 * bytes / memcpy_ms / 1e6, 2.0 * bytes / kernel_ms / 1e6};
+}
+
+bool IsTarget(const std::string& name, const char* dtype) {
+  return (name == "silu" || name == "gelu" || name == "mish") &&
+         (std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "bfloat16") == 0);
+}
+
+int g_below_target = 0;
+
+template <typename S>
+void BenchType(const std::vector<Case>& cases, int64_t n, void* a, void* b, void* c,
+               const Bandwidth& copy) {
+  S* x = static_cast<S*>(a);
+  S* y = static_cast<S*>(b);
+  S* d = static_cast<S*>(c);
+  InitUniform<<<1024, 256>>>(x, n);
+  CUDA_OK(cudaDeviceSynchronize());
+  const double bytes = 3.0 * n * sizeof(S);
+  const double reference = copy.Reference();
+  gpu::BackwardArgs backward{TypeInfo<S>::kType, gpu::DerivativeStorage::kExact, n, y, d, x};
+  // Backward reads y as dy, d as f' and writes x: run it after the forward cases.
+  for (const Case& cs : cases) {
+    gpu::ForwardArgs forward{cs.kind, cs.params.data(), TypeInfo<S>::kType,
+                             gpu::DerivativeStorage::kExact, n, x, y, d};
+    const double ms = MedianMs([&] { LaunchOk(gpu::LaunchFusedForward(forward, nullptr), "forward"); });
+    const double gbs = bytes / ms / 1e6;
+    const bool target = IsTarget(Info(cs.kind).name, TypeInfo<S>::kName);
+    const bool below = target && gbs < 0.8 * reference;
+    g_below_target += below;
+    std::printf("%-26s %-9s %-9s %9.3f %9.1f %7.1f%% %s\n", cs.label.c_str(), TypeInfo<S>::kName,
+                "forward", ms, gbs, 100.0 * gbs / reference,
+                target ? (below ? "BELOW 80% TARGET" : ">= 80% target") : "");
+  }
+  const double ms = MedianMs([&] { LaunchOk(gpu::LaunchFusedBackward(backward, nullptr), "backward"); });
+  const double gbs = bytes / ms / 1e6;
+  const bool below = (std::strcmp(TypeInfo<S>::kName, "float32") == 0 ||
+                      std::strcmp(TypeInfo<S>::kName, "bfloat16") == 0) && gbs < 0.8 * reference;
+  g_below_target += below;
+  std::printf("%-26s %-9s %-9s %9.3f %9.1f %7.1f%% %s\n", "(any activation)", TypeInfo<S>::kName,
+              "backward", ms, gbs, 100.0 * gbs / reference,
+              below ? "BELOW 80% TARGET" : "");
+}
+
+void Bench(const std::vector<Case>& cases, int64_t n) {
+  void *a, *b, *c;
+  const size_t bytes = n * sizeof(double);
+  CUDA_OK(cudaMalloc(&a, bytes));
+  CUDA_OK(cudaMalloc(&b, bytes));
+  CUDA_OK(cudaMalloc(&c, bytes));
+  CUDA_OK(cudaMemset(a, 0, bytes));
+  CUDA_OK(cudaMemset(b, 0, bytes));
+  CUDA_OK(cudaMemset(c, 0, bytes));
+  const Bandwidth copy = CopyBandwidth(a, b, n * sizeof(float));
+  std::printf("\nBandwidth at %lld elements (GB/s = bytes read + written / time; forward moves "
+              "x, y, f', backward dy, f', dx)\n", static_cast<long long>(n));
+  std::printf("device copy of %lld float32: cudaMemcpy D2D %.1f GB/s, copy kernel %.1f GB/s "
+              "-> reference %.1f GB/s\n", static_cast<long long>(n), copy.memcpy_gbs,
+              copy.kernel_gbs, copy.Reference());
+  std::printf("%-26s %-9s %-9s %9s %9s %8s\n", "activation", "dtype", "pass", "ms", "GB/s",
+              "of copy");
+  BenchType<float>(cases, n, a, b, c, copy);
+  BenchType<__nv_bfloat16>(cases, n, a, b, c, copy);
+  BenchType<__half>(cases, n, a, b, c, copy);
+  BenchType<double>(cases, n, a, b, c, copy);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+}
+
+int Main(int argc, char** argv) {
+  bool self_check = false, bench = true, require_target = false;
+  int64_t bench_elements = int64_t{256} << 20;
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "gpu_check: %s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--self-check") self_check = true;
+    else if (arg == "--no-bench") bench = false;
+    else if (arg == "--require-target") require_target = true;
+    else if (arg == "--bench-elements") bench_elements = std::atoll(value().c_str());
+    else if (arg == "--only") only = value();
+    else if (arg == "--tolerances") {
+      if (!ParseTolerances(value())) return 2;
+    } else {
+      std::fprintf(stderr, "gpu_check: unknown argument %s (see the top of gpu_check.cu)\n",
+                   arg.c_str());
+      return 2;
+    }
+  }
+  std::vector<Case> cases;
+  if (!BuildCases(only, &cases)) {
+    std::fprintf(stderr, "gpu_check: no activation to check\n");
+    return 2;
+  }
+  std::printf("tolerances:");
+  for (const auto& [name, tol] : g_tolerances) std::printf(" %s rtol=%g atol=%g", name.c_str(), tol.rtol, tol.atol);
+  std::printf("\n");
+  if (self_check) return SelfCheck(cases);
+
+  int device = 0, driver = 0, runtime = 0;
+  CUDA_OK(cudaGetDevice(&device));
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, device));
+  CUDA_OK(cudaDriverGetVersion(&driver));
+  CUDA_OK(cudaRuntimeGetVersion(&runtime));
+  std::printf("device %d: %s, sm_%d%d, %d SMs, %.1f GiB; driver %d, runtime %d\n", device,
+              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+              prop.totalGlobalMem / 1073741824.0, driver, runtime);
+
+  PrintAccuracyHeader("GPU vs CPU implementation (same headers), aligned + unaligned + in-place");
+  AccuracyType<__half>(cases);
+  AccuracyType<__nv_bfloat16>(cases);
+  AccuracyType<float>(cases);
+  AccuracyType<double>(cases);
+  std::printf("\naccuracy: %s (%d failing rows)\n", g_failures ? "FAIL" : "PASS", g_failures);
+  if (bench) Bench(cases, bench_elements);
+  if (bench) {
+    std::printf("\nbandwidth target (>= 80%% of copy for silu/gelu/mish float32/bfloat16, both "
+                "passes): %s\n", g_below_target ? "MISSED" : "met");
+  }
+  return g_failures || (require_target && g_below_target) ? 1 : 0;
+}
+
+}  // namespace check
+}  // namespace nestad
+
+int main(int argc, char** argv) { return nestad::check::Main(argc, argv); }
