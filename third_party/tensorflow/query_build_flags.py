@@ -9,8 +9,8 @@ Keys (repeated keys are lists, in order):
   tf_version     tf.__version__
   compile_flag   each of tf.sysconfig.get_compile_flags()
   link_flag      each of tf.sysconfig.get_link_flags()
-  cxx_flag       each entry of CXX_FLAGS in setup.py (read with ast, not executed),
-                 so Bazel and setup.py compile with the same extra flags.
+  cxx_flag       each entry of CXX_FLAGS in setup.py        } read with ast, not executed:
+  kernel_source  each entry of KERNEL_SOURCES in setup.py   } one list for both builds.
 """
 
 import ast
@@ -18,21 +18,23 @@ import os
 import sys
 
 
-def setup_py_cxx_flags(setup_py):
+def setup_py_list(setup_py, name):
+    """The literal list assigned to the top-level `name` in setup.py."""
     with open(setup_py) as f:
         tree = ast.parse(f.read(), setup_py)
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "CXX_FLAGS" for target in node.targets
+            isinstance(target, ast.Name) and target.id == name for target in node.targets
         ):
             return ast.literal_eval(node.value)
-    raise SystemExit(f"no top-level `CXX_FLAGS = [...]` list found in {setup_py}")
+    raise SystemExit(f"no top-level `{name} = [...]` list found in {setup_py}")
 
 
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    cxx_flags = setup_py_cxx_flags(sys.argv[1])
+    cxx_flags = setup_py_list(sys.argv[1], "CXX_FLAGS")
+    kernel_sources = setup_py_list(sys.argv[1], "KERNEL_SOURCES")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
@@ -46,6 +48,7 @@ def main():
     lines += [f"compile_flag={flag}" for flag in tf.sysconfig.get_compile_flags()]
     lines += [f"link_flag={flag}" for flag in tf.sysconfig.get_link_flags()]
     lines += [f"cxx_flag={flag}" for flag in cxx_flags]
+    lines += [f"kernel_source={source}" for source in kernel_sources]
     print("\n".join(lines))
 
 

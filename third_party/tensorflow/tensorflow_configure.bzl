@@ -10,8 +10,9 @@ generates a repository with:
                            (-L<tf dir> -l:libtensorflow_framework.so.N) verbatim.
   //:build_defs.bzl        TF_VERSION; TF_COPTS (the compile flags that are not
                            -I/-D, e.g. --std=c++17, which a cc_library cannot pass
-                           on to its dependents); NESTAD_CXX_FLAGS (setup.py's
-                           CXX_FLAGS, so both builds use one list).
+                           on to its dependents); NESTAD_CXX_FLAGS and
+                           NESTAD_KERNEL_SOURCES (setup.py's CXX_FLAGS and
+                           KERNEL_SOURCES, so both builds use one list of each).
 
 Nothing is downloaded. The repository is regenerated when setup.py,
 PYTHON_BIN_PATH or PATH change; after reinstalling TensorFlow in place run
@@ -47,12 +48,19 @@ def _query(repository_ctx, python):
             result.stdout,
             result.stderr,
         ))
-    values = {"tf_version": [], "compile_flag": [], "link_flag": [], "cxx_flag": []}
+    values = {
+        "tf_version": [],
+        "compile_flag": [],
+        "link_flag": [],
+        "cxx_flag": [],
+        "kernel_source": [],
+    }
     for line in result.stdout.splitlines():
         key, separator, value = line.partition("=")
         if separator and key in values:
             values[key].append(value)
-    if len(values["tf_version"]) != 1 or not values["compile_flag"] or not values["link_flag"]:
+    if (len(values["tf_version"]) != 1 or not values["compile_flag"] or
+        not values["link_flag"] or not values["kernel_source"]):
         fail("tensorflow_configure: unexpected output from %s:\n%s" % (script, result.stdout))
     return values
 
@@ -111,11 +119,15 @@ TF_COPTS = {copts}
 
 # CXX_FLAGS of setup.py: nestad_tf's own compile flags, one list for both builds.
 NESTAD_CXX_FLAGS = {cxx_flags}
+
+# KERNEL_SOURCES of setup.py: the .cc files of the library, relative to the workspace root.
+NESTAD_KERNEL_SOURCES = {kernel_sources}
 """.format(
         python = python,
         version = repr(values["tf_version"][0]),
         copts = _starlark_list(copts),
         cxx_flags = _starlark_list(values["cxx_flag"]),
+        kernel_sources = _starlark_list(values["kernel_source"]),
     ))
 
 tensorflow_configure = repository_rule(
