@@ -1,0 +1,123 @@
+"""Leaks: many small training steps keep TF's allocator and the process RSS flat.
+
+Each run is a fresh process (RSS is per process): a Dense -> nestad activation ->
+Dense model trained for STEPS steps, in a tf.function and eagerly. After a warm-up,
+TF's CPU allocator `current` bytes must read the same after every step (nothing of a
+step survives it: no saved f', no tape, no op outputs), and RSS may grow only a little.
+
+TF's CPU allocator counts only allocations of 256 KiB and more in `current` (smaller
+ones come from a cache it does not report), so every activation-sized tensor here is
+512 x 256 float32 = 512 KiB. `test_the_check_sees_a_leak` keeps one f' per step on
+purpose, to show the allocator check can fail.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+STEPS = 2000
+WARMUP = 50
+# Generous: RSS moves with Python's and glibc's allocators, not only with leaks. A
+# leak of one activation-sized tensor (512 KiB) per step would be 1 GB.
+RSS_GROWTH_LIMIT_MB = 40
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    import keras
+    import nestad_tf
+
+    mode, activation, backend, steps, warmup, leak = sys.argv[1:7]
+    steps, warmup = int(steps), int(warmup)
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((32,)),
+        keras.layers.Dense(256),
+        nestad_tf.layers.Activation(activation, backend=backend),
+        keras.layers.Dense(256, activation=nestad_tf.get(activation, backend=backend)),
+        keras.layers.Dense(1),
+    ])
+    optimizer = keras.optimizers.SGD(1e-3)
+    x = tf.random.normal((512, 32), seed=1)
+    target = tf.random.normal((512, 1), seed=2)
+    leaked = []
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - target))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if leak == "leak":  # keeps one activation-sized tensor per step
+            leaked.append(nestad_tf.activation(x @ model.layers[0].kernel, activation))
+        return loss
+
+    if mode == "graph":
+        step = tf.function(step)
+
+    current, losses = [], []
+    rss_after_warmup = None
+    for i in range(steps):
+        loss = step()
+        losses.append(float(loss))
+        del loss
+        current.append(tf.config.experimental.get_memory_info("CPU:0")["current"])
+        if i + 1 == warmup:
+            rss_after_warmup = rss_mb()
+    print(json.dumps({
+        "current_after_warmup": current[warmup - 1:],
+        "rss_after_warmup_mb": rss_after_warmup,
+        "rss_end_mb": rss_mb(),
+        "first_loss": losses[0], "last_loss": losses[-1],
+        "backend": nestad_tf.backend_info()["kernel_available"],
+    }))
+    """
+)
+
+
+def _train(mode, activation, backend, steps=STEPS, leak="no_leak"):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, activation, backend, str(steps), str(WARMUP), leak],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode,activation,backend", [
+    ("graph", "mish", "kernel"),
+    ("eager", "gelu", "kernel"),
+    ("graph", "silu", "tf"),
+])
+def test_training_steps_do_not_leak(mode, activation, backend):
+    run = _train(mode, activation, backend)
+    assert run["backend"], "kernels not loaded"
+    assert run["last_loss"] < run["first_loss"], "the model did not train"
+    current = run["current_after_warmup"]
+    levels = sorted(set(current))
+    assert len(levels) == 1, (
+        f"allocator bytes after a step vary: {len(levels)} levels from {levels[0]} to "
+        f"{levels[-1]}; first changes at step {WARMUP + next(i for i, c in enumerate(current) if c != current[0])}")
+    growth = run["rss_end_mb"] - run["rss_after_warmup_mb"]
+    print(f"{mode}/{activation}/{backend}: allocator {current[0]} bytes after every step; "
+          f"RSS {run['rss_after_warmup_mb']:.1f} -> {run['rss_end_mb']:.1f} MB "
+          f"(+{growth:.1f} MB over {STEPS - WARMUP} steps)")
+    assert growth < RSS_GROWTH_LIMIT_MB
+
+
+def test_the_check_sees_a_leak():
+    run = _train("eager", "mish", "kernel", steps=WARMUP + 20, leak="leak")
+    current = run["current_after_warmup"]
+    assert current[-1] - current[0] >= 20 * 512 * 256 * 4
