@@ -4,7 +4,8 @@ Lossy saved-derivative storage (`derivative="bitsK"` and `derivative="uint8"`)
 needs, for every activation whose exact storage keeps f'(x) itself, two
 constants computed offline. This script computes them reproducibly (no
 randomness: a fixed grid, exact dynamic programming, deterministic ties) and
-writes the C++ header the kernels include.
+writes the C++ header the kernels include (kernels/fewbit_tables.h) and the
+same numbers as JSON for the Python side (nestad_tf/fewbit_tables.json).
 
 bitsK (K = 1..4), the FewBit idea (Novikov et al., "Few-bit backward: quantized
 gradients of activation functions for memory footprint reduction", ICML 2023):
@@ -50,13 +51,15 @@ uint8: fixed-range quantisation over the activation's f' range [lo, hi] (the
   the grid's extreme points, then rounded outward to float32.
 
 Usage:
-  python tools/fewbit_tables.py                   # writes kernels/fewbit_tables.h, prints errors
-  python tools/fewbit_tables.py --output FILE     # writes elsewhere (e.g. to compare)
-  python tools/fewbit_tables.py --check           # exit 1 if the shipped header is stale
+  python tools/fewbit_tables.py        # writes kernels/fewbit_tables.h and
+                                       # nestad_tf/fewbit_tables.json, prints the errors
+  python tools/fewbit_tables.py --output FILE --json-output FILE   # writes elsewhere
+  python tools/fewbit_tables.py --check   # exit 1 if a shipped file is stale
 """
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -74,6 +77,7 @@ from nestad_tf import registry  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER_PATH = os.path.join(REPO_ROOT, "kernels", "fewbit_tables.h")
+JSON_PATH = os.path.join(REPO_ROOT, "nestad_tf", "fewbit_tables.json")  # nestad_tf/storage.py
 
 # The activations whose exact storage keeps f'(x) (f' is neither a function of y
 # nor piecewise constant): (registry name, parameters). Their kernel names come
@@ -439,6 +443,27 @@ def parse_header(text: str):
     return tables, ranges
 
 
+def render_json(tables: Sequence[Table],
+                ranges: Sequence[Tuple[str, np.float32, np.float32]]) -> str:
+    """The same numbers for the Python side (float32 values written exactly)."""
+    document = {
+        "generated_by": "tools/fewbit_tables.py",
+        "method": METHOD_SUMMARY,
+        "tables": [
+            {"activation": t.activation, "bits": t.bits, "num_levels": 2 ** t.bits,
+             "breakpoints": [float(b) for b in t.breakpoints],
+             "levels": [float(v) for v in t.levels],
+             "expected_squared_error": t.expected_squared_error,
+             "max_abs_error": t.max_abs_error}
+            for t in tables
+        ],
+        "ranges": [{"activation": name, "lo": float(lo), "hi": float(hi),
+                    "uint8_max_abs_error": (float(hi) - float(lo)) / UINT8_MAX_CODE / 2}
+                   for name, lo, hi in ranges],
+    }
+    return json.dumps(document, indent=1) + "\n"
+
+
 def compute(verbose: bool = True):
     """Returns (tables, ranges) for every activation of ACTIVATIONS."""
     all_tables, ranges = [], []
@@ -464,22 +489,29 @@ def compute(verbose: bool = True):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=HEADER_PATH, help="header to write")
+    parser.add_argument("--output", default=HEADER_PATH, help="C++ header to write")
+    parser.add_argument("--json-output", default=JSON_PATH, help="JSON copy to write")
     parser.add_argument("--check", action="store_true",
-                        help="compare with the shipped header instead of writing it")
+                        help="compare with the shipped files instead of writing them")
     args = parser.parse_args(argv)
     tables, ranges = compute(verbose=True)
-    text = render_header(tables, ranges)
+    outputs = {args.output: render_header(tables, ranges),
+               args.json_output: render_json(tables, ranges)}
     if args.check:
-        with open(HEADER_PATH) as f:
-            if f.read() != text:
-                print(f"{HEADER_PATH} is stale: run python tools/fewbit_tables.py")
-                return 1
-        print(f"{HEADER_PATH} is up to date")
-        return 0
-    with open(args.output, "w") as f:
-        f.write(text)
-    print(f"wrote {args.output}")
+        stale = []
+        for path, text in ((HEADER_PATH, outputs[args.output]),
+                           (JSON_PATH, outputs[args.json_output])):
+            if not os.path.exists(path) or open(path).read() != text:
+                stale.append(path)
+        for path in stale:
+            print(f"{path} is stale: run python tools/fewbit_tables.py")
+        if not stale:
+            print("kernels/fewbit_tables.h and nestad_tf/fewbit_tables.json are up to date")
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
     return 0
 
 
