@@ -1,0 +1,256 @@
+"""Derived figures, the stdout tables and the PNG charts of a benchmark run."""
+
+import os
+import platform
+import statistics
+from typing import Dict, List, Optional
+
+from . import targets as _targets
+
+MIB = 2 ** 20
+
+
+def machine_info() -> dict:
+    """CPU model, core count, load average and OS of this machine."""
+    info = {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "cpu_model": None, "load_average": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+# --- model runs -----------------------------------------------------------------
+
+
+def derive(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:
+    """Adds step-time statistics, activation memory and per-sample slopes to each run.
+
+    Activation memory is peak minus the floor peak of the same model and XLA
+    setting; per-sample figures are (peak(batch) - peak(slope_batch)) /
+    (batch - slope_batch). Returns model -> "xla"/"graph" -> mode -> run.
+    """
+    table: Dict[str, Dict[str, Dict[str, dict]]] = {}
+    for run in runs:
+        table.setdefault(run["model"], {}).setdefault(_setting(run["xla"]), {})[run["mode"]] = run
+        if run.get("status") != "ok":
+            continue
+        seconds = run["step_seconds"]
+        run["step_median_seconds"] = statistics.median(seconds)
+        run["step_min_seconds"] = min(seconds)
+        run["step_max_seconds"] = max(seconds)
+        if run.get("slope_peak_bytes") is not None and run["batch"] != run["slope_batch"]:
+            run["peak_bytes_per_sample"] = ((run["peak_bytes"] - run["slope_peak_bytes"])
+                                            / (run["batch"] - run["slope_batch"]))
+        else:
+            run["peak_bytes_per_sample"] = None
+    for settings in table.values():
+        for modes in settings.values():
+            floor = modes.get("floor")
+            floor_ok = floor is not None and floor.get("status") == "ok"
+            for run in modes.values():
+                if run.get("status") != "ok":
+                    continue
+                run["activation_bytes"] = (run["peak_bytes"] - floor["peak_bytes"]) if floor_ok else None
+                per_sample, floor_per_sample = run["peak_bytes_per_sample"], (
+                    floor.get("peak_bytes_per_sample") if floor_ok else None)
+                run["activation_bytes_per_sample"] = (
+                    per_sample - floor_per_sample
+                    if per_sample is not None and floor_per_sample is not None else None)
+    return table
+
+
+def _setting(xla: bool) -> str:
+    return "xla" if xla else "graph"
+
+
+def model_comparisons(table) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """model -> setting -> ratios (see targets.comparisons)."""
+    out = {}
+    for model, settings in table.items():
+        for setting, modes in settings.items():
+            figures = {mode: {"peak": run["peak_bytes"], "activation": run.get("activation_bytes"),
+                              "time": run["step_median_seconds"]}
+                       for mode, run in modes.items() if run.get("status") == "ok"}
+            out.setdefault(model, {})[setting] = _targets.comparisons(figures)
+        graph, xla = settings.get("graph", {}), settings.get("xla", {})
+        cross = {}
+        for mode in ("nestad", "nestad-tf"):
+            keras_xla = xla.get("keras")
+            ours = graph.get(mode)
+            if _ok(keras_xla) and _ok(ours):
+                cross[f"time {mode}(graph)/keras(xla)"] = (ours["step_median_seconds"]
+                                                          / keras_xla["step_median_seconds"])
+                cross[f"peak {mode}(graph)/keras(xla)"] = ours["peak_bytes"] / keras_xla["peak_bytes"]
+        if cross:
+            out[model]["graph_vs_xla"] = cross
+    return out
+
+
+def _ok(run: Optional[dict]) -> bool:
+    return run is not None and run.get("status") == "ok"
+
+
+def _mib(value, digits=1) -> str:
+    return "-" if value is None else f"{value / MIB:.{digits}f}"
+
+
+def model_table(table, comparisons) -> str:
+    """The stdout table of a model run."""
+    lines = []
+    header = (f"{'mode':<11} {'XLA':<4} {'peak MiB':>9} {'x keras':>8} {'act MiB':>8} "
+              f"{'resid MiB':>9} {'MiB/sample':>10} {'act/sample':>10} {'step s (min-max)':>22} "
+              f"{'x keras':>8}  activations rewritten")
+    for model, settings in table.items():
+        first = next(run for modes in settings.values() for run in modes.values())
+        lines.append("")
+        lines.append(f"{model}: batch {first['batch']} (slope from batch {first.get('slope_batch')}), "
+                     f"size {first['size']}")
+        lines.append(header)
+        for setting in ("graph", "xla"):
+            modes = settings.get(setting, {})
+            keras_run = modes.get("keras")
+            for mode, run in modes.items():
+                xla = "on" if setting == "xla" else "off"
+                if run.get("status") != "ok":
+                    lines.append(f"{mode:<11} {xla:<4} {run.get('status')}: {run.get('reason', '')}")
+                    continue
+                peak_ratio = time_ratio = "-"
+                if _ok(keras_run):
+                    peak_ratio = f"{keras_run['peak_bytes'] / run['peak_bytes']:.2f}"
+                    time_ratio = f"{run['step_median_seconds'] / keras_run['step_median_seconds']:.2f}"
+                step = (f"{run['step_median_seconds']:.3f} ({run['step_min_seconds']:.3f}-"
+                        f"{run['step_max_seconds']:.3f})")
+                summary = run.get("activations", {})
+                acts = f"{summary.get('replaced', 0)}/{summary.get('total', 0)}"
+                lines.append(
+                    f"{mode:<11} {xla:<4} {_mib(run['peak_bytes']):>9} {peak_ratio:>8} "
+                    f"{_mib(run.get('activation_bytes')):>8} {_mib(run['resident_bytes']):>9} "
+                    f"{_mib(run.get('peak_bytes_per_sample'), 2):>10} "
+                    f"{_mib(run.get('activation_bytes_per_sample'), 2):>10} {step:>22} "
+                    f"{time_ratio:>8}  {acts}")
+        ratios = comparisons.get(model, {}).get("graph", {})
+        shown = ["peak keras/nestad", "activation keras/nestad", "peak nestad/recompute",
+                 "time nestad/keras", "time recompute/nestad", "peak keras/floor"]
+        parts = [f"{name} {ratios[name]:.2f}" for name in shown if name in ratios]
+        if parts:
+            lines.append("ratios (XLA off): " + ", ".join(parts))
+        cross = comparisons.get(model, {}).get("graph_vs_xla", {})
+        if cross:
+            lines.append("vs Keras+XLA: " + ", ".join(f"{k} {v:.2f}" for k, v in cross.items()))
+    lines.append("")
+    lines.append("x keras: peak keras/mode (higher is better); step time mode/keras (lower is "
+                 "better). act = peak - floor peak (same XLA setting).")
+    return "\n".join(lines)
+
+
+def targets_table(records: List[dict]) -> str:
+    if not records:
+        return ""
+    lines = ["", "issue-7 targets (XLA off):"]
+    for record in records:
+        name = record.get("model") or f"{record['activation']} {record['direction']}"
+        lines.append(f"  {'met    ' if record['met'] else 'NOT met'}  {name:<22} "
+                     f"{record['target']:<36} measured {record['value']:.2f}")
+    return "\n".join(lines)
+
+
+def model_chart(table, path: str) -> None:
+    """PNG: peak memory (floor part shaded) and step time (min-max bars) per model and mode."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    models = list(table)
+    figure, axes = plt.subplots(len(models), 2, figsize=(12, 3.2 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        labels, peaks, floors, times, low, high = [], [], [], [], [], []
+        for setting in ("graph", "xla"):
+            for mode, run in table[model].get(setting, {}).items():
+                if not _ok(run):
+                    continue
+                labels.append(mode + (" +XLA" if setting == "xla" else ""))
+                peaks.append(run["peak_bytes"] / MIB)
+                floor = table[model][setting].get("floor")
+                floors.append(floor["peak_bytes"] / MIB if _ok(floor) else 0.0)
+                times.append(run["step_median_seconds"])
+                low.append(run["step_median_seconds"] - run["step_min_seconds"])
+                high.append(run["step_max_seconds"] - run["step_median_seconds"])
+        positions = range(len(labels))
+        memory, speed = axes[row]
+        memory.barh(positions, peaks, color="tab:blue", label="peak")
+        memory.barh(positions, [min(f, p) for f, p in zip(floors, peaks)], color="tab:gray",
+                    alpha=0.6, label="floor peak (no activation memory)")
+        memory.set_yticks(list(positions), labels)
+        memory.invert_yaxis()
+        memory.set_xlabel("peak allocator memory of a training step (MiB)")
+        memory.set_title(f"{model}: memory")
+        memory.legend(loc="lower right", fontsize=7)
+        speed.barh(positions, times, xerr=[low, high], color="tab:orange")
+        speed.set_yticks(list(positions), labels)
+        speed.invert_yaxis()
+        speed.set_xlabel("step time (s), median with min-max")
+        speed.set_title(f"{model}: step time")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- kernel runs ----------------------------------------------------------------
+
+
+def kernel_table(copy: Dict[str, dict], results: List[dict]) -> str:
+    lines = ["", "streaming baselines (TF ops unless said; GB/s of bytes read + written):"]
+    for name, figure in copy.items():
+        lines.append(f"  {name:<11} {figure['gb_per_s']:7.1f} GB/s (median {figure['median_seconds'] * 1e3:.1f} "
+                     f"ms, best {figure['best_gb_per_s']:.1f} GB/s)")
+    lines.append("")
+    lines.append(f"{'activation':<12} {'dir':<9} {'impl':<7} {'ms (median)':>11} {'GB/s':>7} "
+                 f"{'x copy':>7} {'x same pattern':>15}")
+    for result in results:
+        for direction in ("forward", "backward"):
+            for name, figure in result[direction].items():
+                lines.append(f"{result['activation']:<12} {direction:<9} {name:<7} "
+                             f"{figure['median_seconds'] * 1e3:11.1f} {figure['gb_per_s']:7.1f} "
+                             f"{figure['fraction_of_copy']:7.2f} "
+                             f"{figure['fraction_of_same_pattern']:15.2f}")
+    lines.append("")
+    lines.append("x copy: GB/s over the copy's GB/s (y = x * s); x same pattern: over the stream "
+                 "with the same reads/writes (forward: 1 read 2 writes; backward: 2 reads 1 write).")
+    return "\n".join(lines)
+
+
+def kernel_chart(copy: Dict[str, dict], results: List[dict], path: str) -> None:
+    """PNG: forward and backward GB/s per activation and implementation, copy as a line."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 3.5), squeeze=False)
+    for ax, direction in zip(axes[0], ("forward", "backward")):
+        implementations = list(results[0][direction]) if results else []
+        width = 0.8 / max(len(implementations), 1)
+        for i, name in enumerate(implementations):
+            values = [r[direction][name]["gb_per_s"] for r in results]
+            ax.bar([k + i * width for k in range(len(results))], values, width, label=name)
+        ax.axhline(copy["copy"]["gb_per_s"], color="black", linestyle="--", label="copy (x*s)")
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(results))],
+                      [r["activation"] for r in results])
+        ax.set_ylabel("GB/s (bytes read + written)")
+        ax.set_title(f"{direction}: {results[0]['elements'] if results else 0:,} "
+                     f"{results[0]['dtype'] if results else ''} elements")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

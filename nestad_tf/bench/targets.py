@@ -1,0 +1,107 @@
+"""The targets of issue 7, and how each is read off a benchmark run.
+
+Each target is a ratio computed from figures measured side by side in the same
+run (graph mode, XLA off, unless said otherwise). `evaluate` returns one record
+per target whose figures are present: value, threshold, met.
+"""
+
+import dataclasses
+from typing import Dict, List, Optional
+
+EVERY_MODEL = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """`ratio(metric) >= threshold` (or <= for step-time ratios), for `model`."""
+
+    model: str  # a model name, or EVERY_MODEL
+    metric: str  # a key of the comparison table, e.g. "peak keras/nestad"
+    threshold: float
+    at_least: bool = True
+
+    def describe(self) -> str:
+        return f"{self.metric} {'>=' if self.at_least else '<='} {self.threshold:g}"
+
+
+TARGETS: List[Target] = [
+    Target("efficientnet_b0_mish", "peak keras/nestad", 1.5),
+    Target("bert_like", "peak keras/nestad", 1.25),
+    Target("convnext_tiny", "peak keras/nestad", 1.15),
+    Target("efficientnet_b0_mish", "activation keras/nestad", 2.5),
+    Target("bert_like", "activation keras/nestad", 2.0),
+    Target(EVERY_MODEL, "peak nestad/keras", 1.0, at_least=False),
+    Target(EVERY_MODEL, "peak nestad/recompute", 1.0, at_least=False),
+    Target(EVERY_MODEL, "time nestad/keras", 1.0, at_least=False),
+    Target("efficientnet_b0_mish", "time nestad/keras", 0.9, at_least=False),
+    Target("convnext_tiny", "time nestad/keras", 0.9, at_least=False),
+    Target("efficientnet_b0_mish", "time recompute/nestad", 1.2),
+    Target("convnext_tiny", "time recompute/nestad", 1.2),
+]
+
+KERNEL_TARGET = 0.9  # fused forward and backward >= 90% of the copy bandwidth
+KERNEL_TARGET_ACTIVATIONS = ("silu", "gelu", "mish")
+
+
+def _ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def comparisons(figures: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """Ratios between the modes of one model (one XLA setting).
+
+    Args:
+      figures: mode -> {"peak", "activation", "time"} (bytes, bytes, seconds).
+
+    Returns:
+      "peak keras/nestad", "activation keras/nestad", "peak nestad/keras", ... for
+      every pair of modes present (None-valued ones left out).
+    """
+    pairs = [("keras", "nestad"), ("nestad", "keras"), ("nestad", "recompute"),
+             ("keras", "recompute"), ("keras", "nestad-tf"), ("nestad-tf", "keras"),
+             ("keras", "floor"), ("recompute", "nestad"), ("keras", "nestad-all"),
+             ("nestad-all", "keras")]
+    out = {}
+    for metric in ("peak", "activation", "time"):
+        for a, b in pairs:
+            if a in figures and b in figures:
+                value = _ratio(figures[a].get(metric), figures[b].get(metric))
+                if value is not None:
+                    out[f"{metric} {a}/{b}"] = value
+    return out
+
+
+def evaluate(model_comparisons: Dict[str, Dict[str, float]]) -> List[dict]:
+    """Every target whose ratio was measured: {model, target, value, threshold, met}.
+
+    Args:
+      model_comparisons: model -> `comparisons(...)` for XLA off.
+    """
+    records = []
+    for target in TARGETS:
+        models = [target.model] if target.model != EVERY_MODEL else sorted(model_comparisons)
+        for model in models:
+            value = model_comparisons.get(model, {}).get(target.metric)
+            if value is None:
+                continue
+            met = value >= target.threshold if target.at_least else value <= target.threshold
+            records.append({"model": model, "target": target.describe(), "metric": target.metric,
+                            "value": value, "threshold": target.threshold, "met": bool(met)})
+    return records
+
+
+def evaluate_kernels(results: List[dict]) -> List[dict]:
+    """Kernel target: nestad forward and backward GB/s >= 90% of the copy GB/s (float32)."""
+    records = []
+    for result in results:
+        if result["activation"] not in KERNEL_TARGET_ACTIVATIONS or result["dtype"] != "float32":
+            continue
+        for direction in ("forward", "backward"):
+            value = result[direction]["nestad"]["fraction_of_copy"]
+            records.append({"activation": result["activation"], "direction": direction,
+                            "target": f"nestad GB/s / copy GB/s >= {KERNEL_TARGET:g}",
+                            "value": value, "threshold": KERNEL_TARGET,
+                            "met": bool(value >= KERNEL_TARGET)})
+    return records
