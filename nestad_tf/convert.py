@@ -34,7 +34,8 @@ from . import activations as _activations
 from . import layers as _layers
 from . import ops, registry
 
-_PROBE_ELEMENTS = 7  # odd size, so that no shape or index tensor is mistaken for a saved one
+_PROBE_ELEMENTS = 1001  # odd and large: packed f' codes (a few bits each) stay far above
+_MIN_SAVED_ELEMENTS = 16  # the size of any shape, index or scalar tensor
 _SHAPE_ONLY_OPS = frozenset(
     {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike", "BroadcastGradientArgs"}
 )
@@ -52,11 +53,12 @@ class SavedTensors:
       tensors: what is kept, e.g. ("x",), ("y",) or ("x", "Tanh", "Sigmoid");
         "x" is the input, "y" the output, others name the op that made them.
       bytes_per_element: bytes kept per element of x, not counting y (the
-        next layer keeps its input y for its own backward pass anyway).
+        next layer keeps its input y for its own backward pass anyway); a
+        fraction for f' packed into a few bits per element.
     """
 
     tensors: Tuple[str, ...]
-    bytes_per_element: int
+    bytes_per_element: float
 
     @property
     def keeps_only_output(self) -> bool:
@@ -94,7 +96,8 @@ def _saved_for_backward_cached(name, params_items, dtype_name, implementation, b
             if op in forward_ops or op.type in _SHAPE_ONLY_OPS:
                 continue
             for tensor in op.inputs:
-                if tensor.op in forward_ops and tensor.shape.num_elements() == _PROBE_ELEMENTS:
+                elements = tensor.shape.num_elements()
+                if tensor.op in forward_ops and elements and elements >= _MIN_SAVED_ELEMENTS:
                     source = _source(tensor)
                     if source is x_source:
                         role = "x"
@@ -104,9 +107,10 @@ def _saved_for_backward_cached(name, params_items, dtype_name, implementation, b
                         role = "f'(x)"
                     else:
                         role = source.op.type
-                    kept[source.ref()] = (role, source.dtype.size)
+                    kept[source.ref()] = (role, elements * source.dtype.size / _PROBE_ELEMENTS)
     roles = sorted((role for role, _ in kept.values()), key=lambda r: (r not in ("x", "y"), r))
     size = sum(nbytes for role, nbytes in kept.values() if role != "y")
+    size = int(size) if float(size).is_integer() else size
     return SavedTensors(tuple(roles), size)
 
 
@@ -429,7 +433,7 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
     def per_sample(saved):
         if saved is None or elements is None:
             return None
-        return elements * saved.bytes_per_element
+        return int(math.ceil(elements * saved.bytes_per_element))
 
     return ActivationReport(
         layer=path,
