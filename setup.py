@@ -35,7 +35,7 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-KERNEL_SOURCES = ["kernels/fused_activation_ops.cc"]
+KERNEL_SOURCES = ["kernels/fused_activation_ops.cc", "kernels/storage_ops.cc"]
 
 # Portable and vectorized: no -march=native, no -ffast-math; the element loops
 # carry target_clones (AVX-512 / AVX2+FMA / baseline, chosen at load time) and

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -92,16 +94,51 @@ struct ComputeType<double> {
   using type = double;
 };
 
-// y = f(x) and d = f'(x) for one element; NaN in gives NaN out in both.
+// y = f(x) and d = f'(x) in the compute type C; NaN in gives NaN out in both.
+template <typename Functor, typename C>
+NESTAD_HD void FusedForwardCompute(const Functor& f, C x, C& y, C& d) {
+  f(x, y, d);
+  y = x != x ? x : y;
+  d = x != x ? x : d;
+}
+
+// One element of the fused forward op, rounded to the storage type.
 template <typename Functor, typename Storage>
 NESTAD_HD void FusedForwardElement(const Functor& f, Storage x_in, Storage& y_out,
                                    Storage& d_out) {
   using C = typename ComputeType<Storage>::type;
+  C y, d;
+  FusedForwardCompute(f, static_cast<C>(x_in), y, d);
+  y_out = static_cast<Storage>(y);
+  d_out = static_cast<Storage>(d);
+}
+
+// y = f(x) alone (the unused f' is dead code after inlining); NaN in gives NaN out.
+template <typename Functor, typename Storage>
+NESTAD_HD Storage ForwardOnlyElement(const Functor& f, Storage x_in) {
+  using C = typename ComputeType<Storage>::type;
   const C x = static_cast<C>(x_in);
   C y, d;
   f(x, y, d);
-  y_out = static_cast<Storage>(x != x ? x : y);
-  d_out = static_cast<Storage>(x != x ? x : d);
+  return static_cast<Storage>(x != x ? x : y);
+}
+
+// Whether a functor can give f' from its output y (a DerivativeFromOutput method);
+// HasDerivativeFromOutput() then says whether it can for its parameter values.
+template <typename Functor, typename = void>
+struct SupportsDerivativeFromOutput : std::false_type {};
+template <typename Functor>
+struct SupportsDerivativeFromOutput<
+    Functor, std::void_t<decltype(std::declval<const Functor&>().HasDerivativeFromOutput())>>
+    : std::true_type {};
+
+// dx = dy * f'(x) with f' recovered from y; NaN y gives NaN.
+template <typename Functor, typename Storage>
+NESTAD_HD Storage BackwardFromOutputElement(const Functor& f, Storage dy, Storage y_in) {
+  using C = typename ComputeType<Storage>::type;
+  const C y = static_cast<C>(y_in);
+  const C d = y != y ? y : f.DerivativeFromOutput(y);
+  return static_cast<Storage>(static_cast<C>(dy) * d);
 }
 
 // dx = dy * d for one element, in the compute type.

@@ -2,12 +2,10 @@
 //   Nestad>FusedActivation:     x -> (y = f(x), derivative = f'(x)), one pass over memory;
 //   Nestad>FusedActivationGrad: (dy, derivative) -> dx = dy * derivative.
 // The activation is an attribute; its f and f' come from kernels/activations/.
-#define EIGEN_USE_THREADS
-
-#include <algorithm>
 #include <string>
 #include <vector>
 
+#include "cpu_kernel_util.h"
 #include "fused_activation.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -60,20 +58,6 @@ REGISTER_OP("Nestad>FusedActivationGrad")
     })
     .Doc("Backward pass of Nestad>FusedActivation: dx = dy * derivative.");
 
-// Elements are handed to threads in blocks of this many, so that every element
-// is computed by the same code path (vector body or scalar tail) whatever the
-// number of threads: results are bit-identical across thread counts.
-constexpr int64_t kBlock = 256;
-
-// The element loops are compiled for AVX-512, AVX2+FMA and baseline x86-64; the
-// loader picks the clone for the running CPU. Other architectures get one version.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define NESTAD_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NESTAD_CPU_CLONES
-#endif
-
 template <typename Functor, typename S>
 NESTAD_CPU_CLONES void ForwardRange(const Functor f, const S* x, S* y, S* __restrict d,
                                     int64_t begin, int64_t end) {
@@ -86,25 +70,11 @@ NESTAD_CPU_CLONES void BackwardRange(const S* dy, const S* d, S* dx, int64_t beg
   for (int64_t i = begin; i < end; ++i) dx[i] = FusedBackwardElement(dy[i], d[i]);
 }
 
-// Runs fn(begin, end) over [0, n) on the op's intra-op thread pool.
-template <typename Fn>
-void ParallelForBlocks(OpKernelContext* ctx, int64_t n, int64_t cost_per_element, Fn fn) {
-  const int64_t num_blocks = (n + kBlock - 1) / kBlock;
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(num_blocks, kBlock * cost_per_element, [&](int64_t first, int64_t last) {
-    fn(first * kBlock, std::min(last * kBlock, n));
-  });
-}
-
 template <typename S>
 class FusedActivationOp : public OpKernel {
  public:
   explicit FusedActivationOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string name;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &name));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("params", &params_));
-    const std::string error = ResolveActivation(name, params_, &kind_);
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError("Nestad>FusedActivation: " + error));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivation"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -120,7 +90,7 @@ class FusedActivationOp : public OpKernel {
     S* yp = y->flat<S>().data();
     S* dp = d->flat<S>().data();
     ParallelForBlocks(ctx, n, /*cost_per_element=*/40, [&](int64_t begin, int64_t end) {
-      VisitActivation(kind_, params_.data(), [&](auto f) {
+      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
         ForwardRange(f, xp, yp, dp, begin, end);
         return 0;
       });
@@ -128,8 +98,7 @@ class FusedActivationOp : public OpKernel {
   }
 
  private:
-  std::vector<float> params_;
-  Kind kind_ = Kind::k_linear;
+  ActivationAttrs attrs_;
 };
 
 template <typename S>

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import keras
 
-from . import ops, registry
+from . import ops, registry, storage
 
 
 @keras.saving.register_keras_serializable(package="nestad_tf")
@@ -26,32 +26,41 @@ class ActivationFunction:
     Args:
       activation: name of a registered activation (`nestad_tf.available_activations()`).
       backend: "auto", "kernel", "tf", or None (use `nestad_tf.backend_scope`).
+      derivative: how f'(x) is kept: "exact" (default), "full", "bfloat16",
+        "uint8", "bits4" ... "bits1" (see `nestad_tf.storage`).
       **params: the activation's parameters; omitted ones take their defaults.
     """
 
-    def __init__(self, activation: str, backend: Optional[str] = None, **params):
+    def __init__(self, activation: str, backend: Optional[str] = None,
+                 derivative: str = "exact", **params):
         self._spec = registry.get(activation)
         self.activation = self._spec.name
         self.backend = backend
         if backend is not None:
             ops._check_backend_name(backend)  # pylint: disable=protected-access
+        self.derivative = storage.check_mode(derivative)
         self.params = self._spec.bind(params)
         self.__name__ = self.activation
         self.__doc__ = _docstring(self._spec)
 
     def __call__(self, x, **overrides):
         backend = overrides.pop("backend", self.backend)
+        derivative = overrides.pop("derivative", self.derivative)
         params = dict(self.params, **overrides) if overrides else self.params
         if overrides:
             params = self._spec.bind(params)
         if ops._is_keras_tensor(x):  # pylint: disable=protected-access
-            return ops.activation(x, self.activation, backend=backend, **params)
-        return ops.keras_apply(x, self._spec, params, backend)  # no f' in inference graphs
+            return ops.activation(x, self.activation, backend=backend, derivative=derivative,
+                                  **params)
+        # No f' in inference graphs (see ops.keras_apply).
+        return ops.keras_apply(x, self._spec, params, backend, derivative)
 
     def get_config(self) -> Dict[str, Any]:
         config = {"activation": self.activation, **self.params}
         if self.backend is not None:
             config["backend"] = self.backend
+        if self.derivative != "exact":
+            config["derivative"] = self.derivative
         return config
 
     @classmethod
@@ -69,9 +78,10 @@ class ActivationFunction:
         return f"nestad_tf.ActivationFunction({self.activation!r}{', ' + args if args else ''})"
 
 
-def get(activation: str, backend: Optional[str] = None, **params) -> ActivationFunction:
+def get(activation: str, backend: Optional[str] = None, derivative: str = "exact",
+        **params) -> ActivationFunction:
     """Returns the activation `activation` with parameters bound, e.g. get("relu", max_value=6)."""
-    return ActivationFunction(activation, backend=backend, **params)
+    return ActivationFunction(activation, backend=backend, derivative=derivative, **params)
 
 
 def _docstring(spec: registry.ActivationSpec) -> str:

@@ -4,7 +4,7 @@ from typing import Optional
 
 import keras
 
-from . import ops, registry
+from . import ops, registry, storage
 
 
 # Keyword arguments keras.layers.Layer itself accepts; everything else is an
@@ -22,6 +22,8 @@ class Activation(keras.layers.Layer):
     Args:
       activation: a name from `nestad_tf.available_activations()` (or alias).
       backend: "auto", "kernel" or "tf" (see `nestad_tf.backend_info()`).
+      derivative: how f'(x) is kept: "exact" (default, the cheapest exact form),
+        "full", "bfloat16", "uint8", "bits4" ... "bits1" (see `nestad_tf.storage`).
       **kwargs: the activation's parameters (Keras names, e.g. `negative_slope`)
         and the usual Keras layer arguments (`name`, `dtype`, ...).
 
@@ -29,24 +31,28 @@ class Activation(keras.layers.Layer):
       x = nestad_tf.layers.Activation("gelu", approximate=True)(x)
     """
 
-    def __init__(self, activation: str, backend: Optional[str] = "auto", **kwargs):
+    def __init__(self, activation: str, backend: Optional[str] = "auto",
+                 derivative: str = "exact", **kwargs):
         spec = registry.get(activation)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in _KERAS_LAYER_KWARGS}
         super().__init__(**kwargs)
         ops._check_backend_name(backend)  # pylint: disable=protected-access
         self.activation = spec.name
         self.backend = backend
+        self.derivative = storage.check_mode(derivative)
         self.params = spec.bind(params)
         self._spec = spec
         self.supports_masking = True
 
     def call(self, inputs):
-        return ops.keras_apply(inputs, self._spec, self.params, self.backend)  # no f' in inference graphs
+        # No f' in inference graphs (see ops.keras_apply).
+        return ops.keras_apply(inputs, self._spec, self.params, self.backend, self.derivative)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update({"activation": self.activation, "backend": self.backend, **self.params})
+        config.update({"activation": self.activation, "backend": self.backend,
+                       "derivative": self.derivative, **self.params})
         return config

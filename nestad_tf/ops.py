@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from . import _loader, _private_tf, registry
+from . import _loader, _private_tf, registry, storage
 
 BACKENDS = ("auto", "kernel", "tf")
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -35,6 +35,10 @@ _state = threading.local()
 
 class SecondOrderGradientError(RuntimeError):
     """A second-order gradient through a nestad activation cannot be computed here."""
+
+    # Raised while a tf.function is traced: AutoGraph re-raises exceptions that
+    # carry this attribute unchanged instead of wrapping them in a StagingError.
+    ag_pass_through = True
 
 
 @contextlib.contextmanager
@@ -171,9 +175,22 @@ def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.
     return tf.cast(d2, x.dtype)
 
 
-def _link_to_input(x, d, second: Callable[[tf.Tensor], tf.Tensor]):
+def _link_to_input(x, d, second: Optional[Callable[[tf.Tensor], tf.Tensor]]):
     """Returns d, connected to x for higher-order autodiff (gradient f''(x); see module doc)."""
-    if tf.executing_eagerly():
+    if second is None:
+        @tf.custom_gradient
+        def link(x, d):  # pylint: disable=unused-argument
+            def grad(upstream):  # pylint: disable=unused-argument
+                raise SecondOrderGradientError(
+                    "a second-order gradient through a nestad activation whose derivative is "
+                    "stored compressed or recovered from its output cannot be computed; pass "
+                    "derivative='full' to keep f'(x) itself (second-order gradients are then "
+                    "correct inside a tf.function)."
+                )
+
+            return tf.identity(d), grad
+
+    elif tf.executing_eagerly():
         # The eager tape keeps whatever this gradient closes over, for as long as
         # the tape lives: it must not reference x.
         @tf.custom_gradient
@@ -200,32 +217,62 @@ def _link_to_input(x, d, second: Callable[[tf.Tensor], tf.Tensor]):
     return link(x, d)
 
 
+SECOND_ORDER_ZERO = "zero"
+"""`second=` value for activations whose f' is piecewise constant (f'' = 0)."""
+
+
 def with_saved_derivative(
     x: tf.Tensor,
     forward: Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]],
     backward: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-    second: Callable[[tf.Tensor], tf.Tensor],
+    second,
 ) -> tf.Tensor:
     """y = forward(x)[0] with a gradient that keeps only d = forward(x)[1].
 
     Args:
       x: floating-point input.
-      forward: x -> (y, d); called on tf.stop_gradient(x).
+      forward: x -> (y, d); called on tf.stop_gradient(x). d is whatever the
+        backward pass needs: f'(x), y, or packed codes.
       backward: (dy, d) -> dx.
-      second: x -> f''(x), used only by higher-order gradients.
+      second: what a higher-order gradient through this call gets —
+        a callable x -> f''(x) (d is f'(x) itself: correct, in a tf.function);
+        SECOND_ORDER_ZERO (f' is piecewise constant, f'' = 0: nothing to link);
+        None (d is not f'(x): higher-order gradients raise SecondOrderGradientError).
     """
 
     @tf.custom_gradient
     def fused(x):
         y, d = forward(tf.stop_gradient(x))
-        d = _link_to_input(x, d, second)
+        if second is SECOND_ORDER_ZERO:
+            def grad(dy):
+                return backward(dy, d)
+        elif d.dtype.is_floating:
+            d = _link_to_input(x, d, second)
 
-        def grad(dy):
-            return backward(dy, d)
+            def grad(dy):
+                return backward(dy, d)
+        else:
+            # Integer codes are invisible to autodiff: a scalar linked to x stands
+            # in for them, so that a higher-order gradient reaches the link and
+            # raises instead of silently missing the f''(x) term.
+            anchor = _link_to_input(x, tf.zeros([], x.dtype), None)
+
+            def grad(dy):
+                return _depends_on(backward(dy, d), anchor)
 
         return y, grad
 
     return fused(x)
+
+
+@tf.custom_gradient
+def _depends_on(value, anchor):
+    """Identity on value; differentiating it sends a (zero) gradient to anchor."""
+
+    def grad(upstream):
+        return upstream, tf.zeros_like(anchor)
+
+    return tf.identity(value), grad
 
 
 def _tf_backward(dy, d):
@@ -237,8 +284,9 @@ def _kernel_backward(dy, d):
 
 
 def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
-               backend: Optional[str] = None) -> tf.Tensor:
+               backend: Optional[str] = None, derivative: str = "exact") -> tf.Tensor:
     """Applies a registered activation with bound parameters (see `activation`)."""
+    storage.check_mode(derivative)
     if spec.apply is not None:  # user activations (nestad_tf.register_activation)
         return spec.apply(x, params, backend)
     x = _as_float_tensor(x, spec.name)
@@ -251,16 +299,44 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
         return second_derivative(reference, t)
 
     if chosen == "kernel":
-        kernel_name, kernel_params = spec.kernel_attrs(params)
-        op = _loader.load().module.nestad_fused_activation
-
-        def forward(t):
-            return op(t, activation=kernel_name, params=kernel_params)
-
-        return with_saved_derivative(x, forward, _kernel_backward, second)
+        return _apply_kernel(x, spec, params, storage.plan(spec, params, derivative, x.dtype),
+                             second)
     if spec.kernel is not None:
         spec.kernel_attrs(params)  # same parameter validation on both paths
     return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)
+
+
+def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
+    """The fused-kernel path, keeping f' in the form `plan` says (see storage.py)."""
+    lib = _loader.load().module
+    kernel_name, kernel_params = spec.kernel_attrs(params)
+    attrs = dict(activation=kernel_name, params=kernel_params)
+    if plan.form == "full":
+        def forward(t):
+            return lib.nestad_fused_activation(t, **attrs)
+
+        return with_saved_derivative(x, forward, _kernel_backward, second)
+    piecewise = kernel_name in registry.PIECEWISE_LINEAR_KERNELS
+    if plan.form == "output":
+        def forward(t):
+            y = lib.nestad_activation_forward(t, **attrs)
+            return y, y
+
+        def backward(dy, y):
+            return lib.nestad_activation_grad_from_output(dy, y, **attrs)
+
+        return with_saved_derivative(x, forward, backward, SECOND_ORDER_ZERO if piecewise else None)
+    quantizer = plan.op_attrs()
+
+    def forward(t):
+        return lib.nestad_fused_activation_quantized(t, **attrs, **quantizer)
+
+    def backward(dy, code):
+        return lib.nestad_activation_grad_quantized(dy, code, **quantizer)
+
+    exact_levels = plan.format == "levels"
+    return with_saved_derivative(x, forward, backward,
+                                 SECOND_ORDER_ZERO if exact_levels else None)
 
 
 def inference_graph() -> bool:
@@ -269,7 +345,7 @@ def inference_graph() -> bool:
 
 
 def keras_apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
-                backend: Optional[str] = None) -> tf.Tensor:
+                backend: Optional[str] = None, derivative: str = "exact") -> tf.Tensor:
     """`apply_spec` as nestad's Keras layers and activation objects use it.
 
     In an inference graph (a tf.function traced while no gradient tape records:
@@ -288,10 +364,11 @@ def keras_apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
         x = _as_float_tensor(x, spec.name)
         compute = _compute_dtype(x.dtype)
         return tf.cast(spec.reference(tf.cast(x, compute), **params), x.dtype)
-    return apply_spec(x, spec, params, backend)
+    return apply_spec(x, spec, params, backend, derivative)
 
 
-def activation(x, name: str, *, backend: Optional[str] = None, **params) -> tf.Tensor:
+def activation(x, name: str, *, backend: Optional[str] = None, derivative: str = "exact",
+               **params) -> tf.Tensor:
     """Applies the activation `name` to `x`, keeping only f'(x) for the backward pass.
 
     Args:
@@ -301,6 +378,9 @@ def activation(x, name: str, *, backend: Optional[str] = None, **params) -> tf.T
         as "swish" or "hard_swish").
       backend: "auto" (fused kernel when usable, else pure TF), "kernel" or "tf";
         None uses the innermost `backend_scope`, else "auto".
+      derivative: how f'(x) is kept for the backward pass: "exact" (the cheapest
+        exact form), "full", "bfloat16", "uint8", "bits4" ... "bits1" (see
+        `nestad_tf.storage`).
       **params: the activation's parameters, with the Keras names and defaults
         (e.g. `negative_slope=0.1` for "leaky_relu").
 
@@ -315,8 +395,9 @@ def activation(x, name: str, *, backend: Optional[str] = None, **params) -> tf.T
     if _is_keras_tensor(x):
         from . import layers  # pylint: disable=g-import-not-at-top
 
-        return layers.Activation(spec.name, backend=backend or "auto", **bound)(x)
-    return apply_spec(x, spec, bound, backend)
+        return layers.Activation(spec.name, backend=backend or "auto", derivative=derivative,
+                                 **bound)(x)
+    return apply_spec(x, spec, bound, backend, derivative)
 
 
 def _is_keras_tensor(x) -> bool:
@@ -333,6 +414,34 @@ def _register_gradients():
         dy, d = op.inputs
         grad_op = _loader.load().module.nestad_fused_activation_grad
         return [grad_op(upstream, d), grad_op(upstream, dy)]
+
+    def _second_order_error(op_type, detail):
+        return SecondOrderGradientError(
+            f"a second-order gradient through {op_type} needs f''(x), but {detail}; pass "
+            "derivative='full' to keep f'(x) itself (then second-order gradients are correct "
+            "inside a tf.function)."
+        )
+
+    @tf.RegisterGradient("Nestad>ActivationGradFromOutput")
+    def _grad_from_output_grad(op, upstream):  # pylint: disable=unused-variable
+        name = op.get_attr("activation").decode()
+        if name not in registry.PIECEWISE_LINEAR_KERNELS:
+            raise _second_order_error(op.type, f"'{name}' kept only its output y")
+        dy, y = op.inputs
+        lib = _loader.load().module
+        params = op.get_attr("params")
+        return [lib.nestad_activation_grad_from_output(upstream, y, activation=name,
+                                                       params=params), None]
+
+    @tf.RegisterGradient("Nestad>ActivationGradQuantized")
+    def _grad_quantized_grad(op, upstream):  # pylint: disable=unused-variable
+        if op.get_attr("format").decode() != "levels":
+            raise _second_order_error(op.type, "f'(x) was kept compressed")
+        _, code = op.inputs
+        attrs = {k: op.get_attr(k) for k in ("format", "bits", "breakpoints", "levels", "range")}
+        attrs["format"] = attrs["format"].decode()
+        return [_loader.load().module.nestad_activation_grad_quantized(upstream, code, **attrs),
+                None]
 
     @tf.RegisterGradient("Nestad>FusedActivation")
     def _fused_activation_grad(op, dy, dd):  # pylint: disable=unused-variable

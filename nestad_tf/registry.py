@@ -40,6 +40,13 @@ class ActivationSpec:
       aliases: other names that resolve to this entry.
       breakpoints: `breakpoints(**params)` -> x where f' jumps (f' there is
         one of the one-sided derivatives; the tests allow either).
+      storage: `storage(**params)` -> the cheapest exact form of f' for the
+        backward pass: "output" (f' is a function of y: the kernel recomputes
+        it from y), ("levels", values) (f' takes only these values: a 1-2 bit
+        code), or "full" (f' in the compute dtype). ("output", values): from y
+        in float32/float64, but a levels code in half types, where rounding y
+        onto a clipping bound (1 for hard_sigmoid, 6 for relu6) would pick the
+        wrong piece. See nestad_tf/storage.py.
       apply: `apply(x, params, backend) -> y`, replacing the generic path of
         `ops.apply_spec`; set by `nestad_tf.register_activation` (forward-mode
         AD with the element-wise check and differentiable tensor parameters).
@@ -52,6 +59,7 @@ class ActivationSpec:
     kernel: Optional[Callable[..., Tuple[str, List[float]]]] = None
     aliases: Tuple[str, ...] = ()
     breakpoints: Callable[..., Tuple[float, ...]] = lambda **_: ()
+    storage: Callable[..., Any] = lambda **_: "full"
     apply: Optional[Callable[..., Any]] = None
 
     @property
@@ -83,6 +91,13 @@ class ActivationSpec:
             raise ValueError(f"activation '{self.name}': parameters must not be NaN, got {params}")
         return kernel_name, values
 
+
+# Kernel activations whose f' is piecewise constant (f'' = 0 almost everywhere):
+# their second-order gradients need no f''(x), whatever form f' is kept in.
+PIECEWISE_LINEAR_KERNELS = frozenset({
+    "hard_shrink", "hard_sigmoid", "hard_tanh", "leaky_relu", "linear", "relu", "relu6",
+    "soft_shrink", "sparse_sigmoid", "threshold",
+})
 
 _REGISTRY: Dict[str, ActivationSpec] = {}
 _ALIASES: Dict[str, str] = {}
@@ -150,7 +165,8 @@ def _no_params(kernel_name):
     return lambda: (kernel_name, [])
 
 
-def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=None):
+def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=None,
+             storage="full"):
     reference = getattr(_A, name)
     register(
         ActivationSpec(
@@ -161,6 +177,7 @@ def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=N
             kernel=kernel or _no_params(name),
             aliases=tuple(aliases),
             breakpoints=breakpoints or (lambda **_: ()),
+            storage=storage if callable(storage) else (lambda **_: storage),
         )
     )
 
@@ -187,6 +204,13 @@ def _squareplus_kernel(b):
     return "squareplus", [b]
 
 
+def _relu_storage(negative_slope, max_value, threshold):
+    if negative_slope == 0 and threshold >= 0:
+        # f' = 1 exactly where 0 < y (< max_value)
+        return "output" if max_value is None else ("output", (0.0, 1.0))
+    return "levels", (0.0, 1.0, negative_slope)
+
+
 def _relu_breakpoints(negative_slope, max_value, threshold):
     points = [threshold, 0.0]
     if max_value is not None:
@@ -196,50 +220,72 @@ def _relu_breakpoints(negative_slope, max_value, threshold):
 
 _builtin("celu", "x if x > 0 else alpha * (exp(x / alpha) - 1)",
          params=[("alpha", 1.0)], kernel=_celu_kernel,
-         breakpoints=lambda **_: (0.0,))
+         breakpoints=lambda **_: (0.0,),
+         storage=lambda alpha: "output" if alpha > 0 else "full")
 _builtin("elu", "x if x > 0 else alpha * (exp(x) - 1)",
          params=[("alpha", 1.0)], kernel=lambda alpha: ("elu", [alpha]),
-         breakpoints=lambda **_: (0.0,))
-_builtin("exponential", "exp(x)")
+         breakpoints=lambda **_: (0.0,),
+         storage=lambda alpha: "output" if alpha > 0 else "full")
+_builtin("exponential", "exp(x)",
+         storage="output")
 _builtin("gelu", "x * Phi(x) (Phi: standard normal CDF); tanh approximation if approximate",
          params=[("approximate", False)],
          kernel=lambda approximate: ("gelu_approximate" if approximate else "gelu", []))
 _builtin("hard_shrink", "x if |x| > threshold else 0",
          params=[("threshold", 0.5)], kernel=lambda threshold: ("hard_shrink", [threshold]),
-         breakpoints=lambda threshold: (-threshold, threshold))
-_builtin("hard_sigmoid", "relu6(x + 3) / 6", breakpoints=lambda: (-3.0, 3.0))
+         breakpoints=lambda threshold: (-threshold, threshold),
+         storage=lambda threshold: "output" if threshold >= 0 else ("levels", (1.0,)))
+_builtin("hard_sigmoid", "relu6(x + 3) / 6", breakpoints=lambda: (-3.0, 3.0),
+         storage=("output", (0.0, 1.0 / 6.0)))
 _builtin("hard_silu", "x * relu6(x + 3) / 6", aliases=("hard_swish",),
          breakpoints=lambda: (-3.0, 3.0))
-_builtin("hard_tanh", "clip(x, -1, 1)", breakpoints=lambda: (-1.0, 1.0))
+_builtin("hard_tanh", "clip(x, -1, 1)", breakpoints=lambda: (-1.0, 1.0),
+         storage=("output", (0.0, 1.0)))
 _builtin("leaky_relu", "x if x > 0 else negative_slope * x",
          params=[("negative_slope", 0.2)],
          kernel=lambda negative_slope: ("leaky_relu", [negative_slope]),
-         breakpoints=lambda **_: (0.0,))
-_builtin("linear", "x")
-_builtin("log_sigmoid", "log(sigmoid(x))")
+         breakpoints=lambda **_: (0.0,),
+         storage=lambda negative_slope: (
+             "output" if negative_slope > 0 else ("levels", (1.0, negative_slope))))
+_builtin("linear", "x",
+         storage="output")
+_builtin("log_sigmoid", "log(sigmoid(x))",
+         storage="output")
 _builtin("mish", "x * tanh(softplus(x))")
 _builtin("relu", "clip(x if x > threshold else 0, 0, max_value) + negative_slope * min(x - threshold, 0)",
          params=[("negative_slope", 0.0), ("max_value", None), ("threshold", 0.0)],
-         kernel=_relu_kernel, breakpoints=_relu_breakpoints)
-_builtin("relu6", "min(max(x, 0), 6)", breakpoints=lambda: (0.0, 6.0))
-_builtin("selu", "scale * (x if x > 0 else alpha * (exp(x) - 1))", breakpoints=lambda: (0.0,))
-_builtin("sigmoid", "1 / (1 + exp(-x))")
+         kernel=_relu_kernel, breakpoints=_relu_breakpoints,
+         storage=_relu_storage)
+_builtin("relu6", "min(max(x, 0), 6)", breakpoints=lambda: (0.0, 6.0),
+         storage=("output", (0.0, 1.0)))
+_builtin("selu", "scale * (x if x > 0 else alpha * (exp(x) - 1))", breakpoints=lambda: (0.0,),
+         storage="output")
+_builtin("sigmoid", "1 / (1 + exp(-x))",
+         storage="output")
 _builtin("silu", "x * sigmoid(x)", aliases=("swish",))
 _builtin("soft_shrink", "x - threshold if x > threshold, x + threshold if x < -threshold, else 0",
          params=[("threshold", 0.5)], kernel=lambda threshold: ("soft_shrink", [threshold]),
-         breakpoints=lambda threshold: (-threshold, threshold))
-_builtin("softplus", "log(1 + exp(x))")
-_builtin("softsign", "x / (1 + |x|)")
+         breakpoints=lambda threshold: (-threshold, threshold),
+         storage=lambda threshold: "output" if threshold >= 0 else ("levels", (1.0,)))
+_builtin("softplus", "log(1 + exp(x))",
+         storage="output")
+_builtin("softsign", "x / (1 + |x|)",
+         storage="output")
 _builtin("sparse_plus", "0 if x <= -1, (x + 1)^2 / 4 if -1 < x < 1, x if x >= 1",
-         breakpoints=lambda: (-1.0, 1.0))
+         breakpoints=lambda: (-1.0, 1.0),
+         storage="output")
 _builtin("sparse_sigmoid", "0 if x <= -1, (x + 1) / 2 if -1 < x < 1, 1 if x >= 1",
-         breakpoints=lambda: (-1.0, 1.0))
+         breakpoints=lambda: (-1.0, 1.0),
+         storage=("output", (0.0, 0.5)))
 _builtin("squareplus", "(x + sqrt(x^2 + b)) / 2",
          params=[("b", 4.0)], kernel=_squareplus_kernel,
-         breakpoints=lambda b: (0.0,) if b == 0 else ())  # b = 0: relu
-_builtin("tanh", "tanh(x)")
+         breakpoints=lambda b: (0.0,) if b == 0 else (),
+         storage=lambda b: "output" if b > 0 else "full")  # b = 0: relu
+_builtin("tanh", "tanh(x)",
+         storage="output")
 _builtin("tanh_shrink", "x - tanh(x)")
 _builtin("threshold", "x if x > threshold else default_value",
          params=[("threshold", REQUIRED), ("default_value", REQUIRED)],
          kernel=lambda threshold, default_value: ("threshold", [threshold, default_value]),
-         breakpoints=lambda threshold, default_value: (threshold,))
+         breakpoints=lambda threshold, default_value: (threshold,),
+         storage=lambda threshold, default_value: ("levels", (0.0, 1.0)))

@@ -119,9 +119,53 @@ def test_second_order_in_tf_function_is_correct(name, backend):
         return run(x)
 
     expected = hessian_diag(reference)
-    actual = hessian_diag(lambda t: nestad_tf.activation(t, name, backend=backend))
+    actual = hessian_diag(lambda t: nestad_tf.activation(t, name, backend=backend,
+                                                         derivative="full"))
     assert np.abs(expected).max() > 0.1  # the check is not vacuous
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,derivative", [("tanh", "exact"), ("gelu", "bits4"),
+                                             ("mish", "bfloat16")])
+def test_second_order_through_compressed_or_output_storage_is_a_clear_error(name, derivative):
+    x = tf.linspace(-2.0, 2.0, 9)
+
+    @tf.function
+    def run(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = nestad_tf.activation(x, name, backend="kernel", derivative=derivative)
+            g = inner.gradient(y, x)
+        return outer.gradient(g, x)
+
+    with pytest.raises(nestad_tf.SecondOrderGradientError, match="derivative='full'"):
+        run(x)
+
+
+@pytest.mark.parametrize("name,params", [("relu", {}), ("relu6", {}), ("hard_tanh", {}),
+                                         ("relu", {"negative_slope": 0.1, "max_value": 4.0}),
+                                         ("threshold", {"threshold": 0.5, "default_value": -1.0})])
+def test_second_order_of_piecewise_linear_activations_is_zero_not_an_error(name, params):
+    x = tf.constant([-2.5, -0.7, 0.3, 2.2, 5.1])
+
+    @tf.function
+    def run(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = nestad_tf.activation(x, name, backend="kernel", **params) * x
+            g = inner.gradient(y, x)  # f'(x) x + f(x): its derivative is 2 f'(x) + x f''(x)
+        return g, outer.gradient(g, x)
+
+    g, h = run(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = nestad_tf.registry.get(name).reference(x, **params)
+    d = tape.gradient(y, x)
+    np.testing.assert_allclose(h, 2 * d, rtol=1e-6)
 
 
 def test_gradient_penalty_style_second_order_matches_reference():
@@ -142,7 +186,7 @@ def test_gradient_penalty_style_second_order_matches_reference():
 
         return run()
 
-    np.testing.assert_allclose(penalty_grad(nestad_tf.mish),
+    np.testing.assert_allclose(penalty_grad(nestad_tf.get("mish", derivative="full")),
                                penalty_grad(nestad_tf.registry.get("mish").reference),
                                rtol=1e-4, atol=1e-5)
 

@@ -21,6 +21,13 @@ struct Celu {
     y = x > T(0) ? x : a * Expm1(u);
     d = x > T(0) ? T(1) : Exp(u);
   }
+
+  // f' from the output y alone: exp(x/alpha) = y/alpha + 1 for x <= 0 (alpha > 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return alpha > 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y > T(0) ? T(1) : y / T(alpha) + T(1);
+  }
 };
 
 }  // namespace nestad

@@ -18,6 +18,13 @@ struct Elu : NoParamCheck {
     y = x > T(0) ? x : a * Expm1(u);
     d = x > T(0) ? T(1) : a * Exp(u);
   }
+
+  // f' from the output y alone: alpha*exp(x) = y + alpha for x <= 0 (alpha > 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return alpha > 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y > T(0) ? T(1) : y + T(alpha);
+  }
 };
 
 }  // namespace nestad

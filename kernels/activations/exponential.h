@@ -14,6 +14,13 @@ struct Exponential : NoParamCheck {
     y = Exp(x);
     d = y;
   }
+
+  // f' from the output y alone: exp(x) = y.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y;
+  }
 };
 
 }  // namespace nestad

@@ -16,6 +16,13 @@ struct HardShrink : NoParamCheck {
     y = pass ? x : T(0);
     d = pass ? T(1) : T(0);
   }
+
+  // f' from the output y alone: y != 0 exactly where |x| > threshold (threshold >= 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return threshold >= 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y != T(0) ? T(1) : T(0);
+  }
 };
 
 }  // namespace nestad

@@ -14,6 +14,13 @@ struct HardSigmoid : NoParamCheck {
     y = Min(Max(x + T(3), T(0)), T(6)) / T(6);
     d = (x > T(-3) && x < T(3)) ? T(1) / T(6) : T(0);
   }
+
+  // f' from the output y alone: 0 < y < 1 exactly where -3 < x < 3.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (y > T(0) && y < T(1)) ? T(1) / T(6) : T(0);
+  }
 };
 
 }  // namespace nestad

@@ -14,6 +14,13 @@ struct HardTanh : NoParamCheck {
     y = Min(Max(x, T(-1)), T(1));
     d = Abs(x) < T(1) ? T(1) : T(0);
   }
+
+  // f' from the output y alone: |y| < 1 exactly where |x| < 1.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return Abs(y) < T(1) ? T(1) : T(0);
+  }
 };
 
 }  // namespace nestad

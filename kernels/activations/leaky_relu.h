@@ -16,6 +16,13 @@ struct LeakyRelu : NoParamCheck {
     y = x > T(0) ? x : MulVanishing(x, T(slope));
     d = x > T(0) ? T(1) : T(slope);
   }
+
+  // f' from the output y alone: y > 0 exactly where x > 0 (negative_slope > 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return slope > 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y > T(0) ? T(1) : T(slope);
+  }
 };
 
 }  // namespace nestad

@@ -14,6 +14,13 @@ struct Linear : NoParamCheck {
     y = x;
     d = T(1);
   }
+
+  // f' from the output y alone: constant.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return T(1);
+  }
 };
 
 }  // namespace nestad

@@ -16,6 +16,13 @@ struct LogSigmoid : NoParamCheck {
     y = Min(x, T(0)) - Log1p(z);
     d = SigmoidFromZ(-x, z);
   }
+
+  // f' from the output y alone: sigmoid(-x) = 1 - exp(y).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return -Expm1(y);
+  }
 };
 
 }  // namespace nestad

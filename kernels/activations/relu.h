@@ -30,6 +30,13 @@ struct Relu {
     const bool passes = above && (!has_max || (x > T(0) && x < m));
     d = (passes ? T(1) : T(0)) + (below ? s : T(0));
   }
+
+  // f' from the output y alone: y > 0 (and below max_value) exactly where f' = 1 (negative_slope = 0, threshold >= 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return slope == 0.0f && threshold >= 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (y > T(0) && (IsInf(T(max_value)) || y < T(max_value))) ? T(1) : T(0);
+  }
 };
 
 }  // namespace nestad

@@ -14,6 +14,13 @@ struct Relu6 : NoParamCheck {
     y = Min(Max(x, T(0)), T(6));
     d = (x > T(0) && x < T(6)) ? T(1) : T(0);
   }
+
+  // f' from the output y alone: 0 < y < 6 exactly where 0 < x < 6.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (y > T(0) && y < T(6)) ? T(1) : T(0);
+  }
 };
 
 }  // namespace nestad

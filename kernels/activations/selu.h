@@ -19,6 +19,13 @@ struct Selu : NoParamCheck {
     y = x > T(0) ? scale * x : (scale * alpha) * Expm1(u);
     d = x > T(0) ? scale : (scale * alpha) * Exp(u);
   }
+
+  // f' from the output y alone: scale*alpha*exp(x) = y + scale*alpha for x <= 0.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y > T(0) ? T(1.0507009873554804934193349852946) : y + T(1.0507009873554804934193349852946 * 1.6732632423543772848170429916717);
+  }
 };
 
 }  // namespace nestad

@@ -16,6 +16,13 @@ struct Sigmoid : NoParamCheck {
     y = SigmoidFromZ(x, z);
     d = z / ((T(1) + z) * (T(1) + z));
   }
+
+  // f' from the output y alone: sigmoid' = y (1 - y).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return y * (T(1) - y);
+  }
 };
 
 }  // namespace nestad

@@ -17,6 +17,13 @@ struct Softsign : NoParamCheck {
     y = IsInf(x) ? (x > T(0) ? T(1) : T(-1)) : x / (T(1) + Abs(x));
     d = q * q;
   }
+
+  // f' from the output y alone: 1/(1+|x|) = 1 - |y|.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (T(1) - Abs(y)) * (T(1) - Abs(y));
+  }
 };
 
 }  // namespace nestad

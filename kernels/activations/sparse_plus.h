@@ -16,6 +16,13 @@ struct SparsePlus : NoParamCheck {
     y = x <= T(-1) ? T(0) : (x < T(1) ? h * h : x);
     d = x <= T(-1) ? T(0) : (x < T(1) ? h : T(1));
   }
+
+  // f' from the output y alone: (x+1)/2 = sqrt(y) on the middle piece, 0 and 1 outside.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return Min(Sqrt(y), T(1));
+  }
 };
 
 }  // namespace nestad

@@ -15,6 +15,13 @@ struct SparseSigmoid : NoParamCheck {
     y = x <= T(-1) ? T(0) : (x >= T(1) ? T(1) : T(0.5) * (x + T(1)));
     d = (x > T(-1) && x < T(1)) ? T(0.5) : T(0);
   }
+
+  // f' from the output y alone: 0 < y < 1 exactly where -1 < x < 1.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (y > T(0) && y < T(1)) ? T(0.5) : T(0);
+  }
 };
 
 }  // namespace nestad

@@ -26,6 +26,14 @@ struct Squareplus {
     y = x >= T(0) ? T(0.5) * x + T(0.5) * r : T(0.5) * bb / (r - x);
     d = x >= T(0) ? T(0.5) * (T(1) + x_over_r) : T(0.5) * bb / (r * (r - x));
   }
+
+  // f' from the output y alone: x = y - b/(4y), so f' = 4y^2 / (4y^2 + b) (b > 0).
+  NESTAD_HD bool HasDerivativeFromOutput() const { return b > 0.0f; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    const T q = T(b) / (T(4) * y * y);  // +inf as y -> 0+, 0 as y -> inf: no inf/inf
+    return T(1) / (T(1) + q);
+  }
 };
 
 }  // namespace nestad

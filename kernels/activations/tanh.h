@@ -16,6 +16,13 @@ struct HyperbolicTangent : NoParamCheck {
     y = Tanh(x);
     d = T(4) * z / ((T(1) + z) * (T(1) + z));
   }
+
+  // f' from the output y alone: 1 - y^2.
+  NESTAD_HD bool HasDerivativeFromOutput() const { return true; }
+  template <typename T>
+  NESTAD_HD T DerivativeFromOutput(T y) const {
+    return (T(1) - y) * (T(1) + y);
+  }
 };
 
 }  // namespace nestad

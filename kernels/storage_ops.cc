@@ -1,0 +1,313 @@
+// TF ops and CPU kernels for the cheaper storage forms of f'(x):
+//   Nestad>ActivationForward:          x -> y (no f'; for activations whose f' comes from y)
+//   Nestad>ActivationGradFromOutput:   (dy, y) -> dx = dy * f'(x), f' recovered from y
+//   Nestad>FusedActivationQuantized:   x -> (y, code): f' packed (see storage.h)
+//   Nestad>ActivationGradQuantized:    (dy, code) -> dx, decoding on the fly
+#include <string>
+#include <vector>
+
+#include "cpu_kernel_util.h"
+#include "fused_activation.h"
+#include "storage.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace nestad {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+absl::Status SameShape(InferenceContext* c, const char* op, const char* a, const char* b) {
+  ShapeHandle merged;
+  if (!c->Merge(c->input(0), c->input(1), &merged).ok()) {
+    return absl::InvalidArgumentError(std::string(op) + ": " + a + " and " + b +
+                                      " must have the same shape, got " +
+                                      c->DebugString(c->input(0)) + " and " +
+                                      c->DebugString(c->input(1)));
+  }
+  c->set_output(0, merged);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("Nestad>ActivationForward")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("activation: string")
+    .Attr("params: list(float) = []")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc("y = f(x) alone, for activations whose derivative is recovered from y.");
+
+REGISTER_OP("Nestad>ActivationGradFromOutput")
+    .Input("dy: T")
+    .Input("y: T")
+    .Output("dx: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("activation: string")
+    .Attr("params: list(float) = []")
+    .SetShapeFn([](InferenceContext* c) {
+      return SameShape(c, "Nestad>ActivationGradFromOutput", "dy", "y");
+    })
+    .Doc("dx = dy * f'(x), with f'(x) computed from the output y = f(x).");
+
+REGISTER_OP("Nestad>FusedActivationQuantized")
+    .Input("x: T")
+    .Output("y: T")
+    .Output("code: uint8")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("activation: string")
+    .Attr("params: list(float) = []")
+    .Attr("format: string")
+    .Attr("bits: int")
+    .Attr("breakpoints: list(float) = []")
+    .Attr("levels: list(float) = []")
+    .Attr("range: list(float) = []")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      int bits = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("bits", &bits));
+      const int64_t n = c->Value(c->NumElements(c->input(0)));
+      c->set_output(1, c->Vector(n < 0 ? InferenceContext::kUnknownDim : PackedBytes(n, bits)));
+      return absl::OkStatus();
+    })
+    .Doc("y = f(x) and f'(x) packed into `bits` bits per element (kernels/storage.h).");
+
+REGISTER_OP("Nestad>ActivationGradQuantized")
+    .Input("dy: T")
+    .Input("code: uint8")
+    .Output("dx: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("format: string")
+    .Attr("bits: int")
+    .Attr("breakpoints: list(float) = []")
+    .Attr("levels: list(float) = []")
+    .Attr("range: list(float) = []")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc("dx = dy * f'(x), decoding f'(x) from the packed codes of Nestad>FusedActivationQuantized.");
+
+absl::Status ReadQuantizer(OpKernelConstruction* ctx, const std::string& op_name, Quantizer* q) {
+  std::string format;
+  int bits = 0;
+  std::vector<float> breakpoints, levels, range;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("format", &format));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("bits", &bits));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("breakpoints", &breakpoints));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("levels", &levels));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("range", &range));
+  const std::string error = MakeQuantizer(format, bits, breakpoints, levels, range, q);
+  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
+}
+
+template <typename Functor, typename S>
+NESTAD_CPU_CLONES void ForwardOnlyRange(const Functor f, const S* x, S* y, int64_t begin,
+                                        int64_t end) {
+  for (int64_t i = begin; i < end; ++i) y[i] = ForwardOnlyElement(f, x[i]);
+}
+
+template <typename Functor, typename S>
+NESTAD_CPU_CLONES void BackwardFromOutputRange(const Functor f, const S* dy, const S* y, S* dx,
+                                               int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) dx[i] = BackwardFromOutputElement(f, dy[i], y[i]);
+}
+
+// begin is a multiple of kGroup; the last group may be partial (padded with code 0).
+template <typename Functor, typename S>
+void QuantizedForwardRange(const Functor f, const Quantizer& q, const S* x, S* y, uint8_t* code,
+                           int64_t n, int64_t begin, int64_t end) {
+  using C = typename ComputeType<S>::type;
+  for (int64_t g = begin; g < end; g += kGroup) {
+    uint32_t codes[kGroup] = {};
+    for (int i = 0; i < kGroup && g + i < n; ++i) {
+      const C xc = static_cast<C>(x[g + i]);
+      C yc, dc;
+      FusedForwardCompute(f, xc, yc, dc);  // f' is encoded before any rounding
+      y[g + i] = static_cast<S>(yc);
+      codes[i] = q.Encode(xc, dc);
+    }
+    PackGroup(codes, q.bits, code + g / kGroup * q.bits);
+  }
+}
+
+template <typename S>
+void QuantizedBackwardRange(const Quantizer& q, const S* dy, const uint8_t* code, S* dx, int64_t n,
+                            int64_t begin, int64_t end) {
+  using C = typename ComputeType<S>::type;
+  for (int64_t g = begin; g < end; g += kGroup) {
+    uint32_t codes[kGroup];
+    UnpackGroup(code + g / kGroup * q.bits, q.bits, codes);
+    for (int i = 0; i < kGroup && g + i < n; ++i) {
+      dx[g + i] = static_cast<S>(static_cast<C>(dy[g + i]) * static_cast<C>(q.Decode(codes[i])));
+    }
+  }
+}
+
+template <typename S>
+class ActivationForwardOp : public OpKernel {
+ public:
+  explicit ActivationForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>ActivationForward"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    const S* xp = x.flat<S>().data();
+    S* yp = y->flat<S>().data();
+    ParallelForBlocks(ctx, x.NumElements(), 30, [&](int64_t begin, int64_t end) {
+      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
+        ForwardOnlyRange(f, xp, yp, begin, end);
+        return 0;
+      });
+    });
+  }
+
+ private:
+  ActivationAttrs attrs_;
+};
+
+template <typename S>
+class ActivationGradFromOutputOp : public OpKernel {
+ public:
+  explicit ActivationGradFromOutputOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>ActivationGradFromOutput"));
+    const bool supported = VisitActivation(attrs_.kind, attrs_.params.data(), [](auto f) {
+      if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
+        return f.HasDerivativeFromOutput();
+      } else {
+        return false;
+      }
+    });
+    OP_REQUIRES(ctx, supported,
+                absl::InvalidArgumentError(
+                    "Nestad>ActivationGradFromOutput: f' of '" +
+                    std::string(Info(attrs_.kind).name) +
+                    "' cannot be recovered from its output with these parameters"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& y = ctx->input(1);
+    OP_REQUIRES(ctx, dy.shape() == y.shape(),
+                absl::InvalidArgumentError(
+                    "Nestad>ActivationGradFromOutput: dy and y must have the same shape, got " +
+                    dy.shape().DebugString() + " and " + y.shape().DebugString()));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
+    const S* dyp = dy.flat<S>().data();
+    const S* yp = y.flat<S>().data();
+    S* dxp = dx->flat<S>().data();
+    ParallelForBlocks(ctx, dy.NumElements(), 10, [&](int64_t begin, int64_t end) {
+      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
+        if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
+          BackwardFromOutputRange(f, dyp, yp, dxp, begin, end);
+        }
+        return 0;
+      });
+    });
+  }
+
+ private:
+  ActivationAttrs attrs_;
+};
+
+template <typename S>
+class FusedActivationQuantizedOp : public OpKernel {
+ public:
+  explicit FusedActivationQuantizedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivationQuantized"));
+    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, "Nestad>FusedActivationQuantized", &quantizer_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const int64_t n = x.NumElements();
+    Tensor* y = nullptr;
+    Tensor* code = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({PackedBytes(n, quantizer_.bits)}),
+                                             &code));
+    const S* xp = x.flat<S>().data();
+    S* yp = y->flat<S>().data();
+    uint8_t* cp = code->flat<uint8_t>().data();
+    ParallelForBlocks(ctx, n, 50, [&](int64_t begin, int64_t end) {
+      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
+        QuantizedForwardRange(f, quantizer_, xp, yp, cp, n, begin, end);
+        return 0;
+      });
+    });
+  }
+
+ private:
+  ActivationAttrs attrs_;
+  Quantizer quantizer_;
+};
+
+template <typename S>
+class ActivationGradQuantizedOp : public OpKernel {
+ public:
+  explicit ActivationGradQuantizedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, "Nestad>ActivationGradQuantized", &quantizer_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& code = ctx->input(1);
+    const int64_t n = dy.NumElements();
+    OP_REQUIRES(ctx, code.dims() == 1 && code.NumElements() == PackedBytes(n, quantizer_.bits),
+                absl::InvalidArgumentError(
+                    "Nestad>ActivationGradQuantized: code must be a vector of " +
+                    std::to_string(PackedBytes(n, quantizer_.bits)) + " bytes for " +
+                    std::to_string(n) + " elements at " + std::to_string(quantizer_.bits) +
+                    " bits, got shape " + code.shape().DebugString()));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
+    const S* dyp = dy.flat<S>().data();
+    const uint8_t* cp = code.flat<uint8_t>().data();
+    S* dxp = dx->flat<S>().data();
+    ParallelForBlocks(ctx, n, 6, [&](int64_t begin, int64_t end) {
+      QuantizedBackwardRange(quantizer_, dyp, cp, dxp, n, begin, end);
+    });
+  }
+
+ private:
+  Quantizer quantizer_;
+};
+
+#define NESTAD_REGISTER_STORAGE_CPU(S)                                                      \
+  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationForward")                                  \
+                              .Device(::tensorflow::DEVICE_CPU)                             \
+                              .TypeConstraint<S>("T"),                                      \
+                          ActivationForwardOp<S>);                                          \
+  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationGradFromOutput")                           \
+                              .Device(::tensorflow::DEVICE_CPU)                             \
+                              .TypeConstraint<S>("T"),                                      \
+                          ActivationGradFromOutputOp<S>);                                   \
+  REGISTER_KERNEL_BUILDER(Name("Nestad>FusedActivationQuantized")                           \
+                              .Device(::tensorflow::DEVICE_CPU)                             \
+                              .TypeConstraint<S>("T"),                                      \
+                          FusedActivationQuantizedOp<S>);                                   \
+  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationGradQuantized")                            \
+                              .Device(::tensorflow::DEVICE_CPU)                             \
+                              .TypeConstraint<S>("T"),                                      \
+                          ActivationGradQuantizedOp<S>);
+NESTAD_REGISTER_STORAGE_CPU(Eigen::half)
+NESTAD_REGISTER_STORAGE_CPU(Eigen::bfloat16)
+NESTAD_REGISTER_STORAGE_CPU(float)
+NESTAD_REGISTER_STORAGE_CPU(double)
+#undef NESTAD_REGISTER_STORAGE_CPU
+
+}  // namespace
+}  // namespace nestad
