@@ -16,6 +16,8 @@ one warning says why.
 import dataclasses
 import json
 import os
+import struct
+import sys
 import threading
 import warnings
 from typing import Optional
@@ -61,6 +63,44 @@ def _read_build_info(path: str) -> dict:
         return {}
 
 
+def _elf_problem(path: str) -> Optional[str]:
+    """Why `path` is not a complete ELF shared library, or None.
+
+    dlopen of a truncated library (an interrupted copy or download) can kill the
+    process with SIGBUS instead of failing, so the file's extent is checked first:
+    the ELF header, every program segment and the section table must lie in the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+            if len(header) < 52 or header[:4] != b"\x7fELF" or header[4] not in (1, 2):
+                return "it is not an ELF shared library"
+            order = "<" if header[5] == 1 else ">"
+            if header[4] == 2:  # 64-bit
+                phoff, shoff = struct.unpack_from(order + "QQ", header, 32)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 54)
+            else:
+                phoff, shoff = struct.unpack_from(order + "II", header, 28)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 42)
+            needed = max(shoff + shentsize * shnum, phoff + phentsize * phnum)
+            if needed <= size:
+                f.seek(phoff)
+                table = f.read(phentsize * phnum)
+                for i in range(phnum):
+                    entry = table[i * phentsize:(i + 1) * phentsize]
+                    if header[4] == 2:
+                        offset, filesz = struct.unpack_from(order + "Q16xQ", entry, 8)
+                    else:
+                        offset, filesz = struct.unpack_from(order + "I8xI", entry, 4)
+                    needed = max(needed, offset + filesz)
+    except (OSError, struct.error) as error:
+        return f"it cannot be read ({error})"
+    if needed > size:
+        return f"it is truncated ({size} bytes, the ELF headers need {needed})"
+    return None
+
+
 def _load() -> KernelLibrary:
     path = library_path()
     if os.environ.get("NESTAD_TF_DISABLE_KERNELS"):
@@ -79,6 +119,10 @@ def _load() -> KernelLibrary:
             f"TensorFlow {tf.__version__} is running; a custom op is only safe with the "
             "version it was built against. " + _REBUILD_HINT,
         )
+    problem = _elf_problem(path) if sys.platform.startswith("linux") else None
+    if problem:
+        return KernelLibrary(None, path, built_against,
+                             f"loading {path} failed ({problem}). " + _REBUILD_HINT)
     try:
         module = tf.load_op_library(path)
     except (tf.errors.NotFoundError, OSError, RuntimeError) as error:
@@ -86,6 +130,14 @@ def _load() -> KernelLibrary:
         return KernelLibrary(
             None, path, built_against,
             f"loading {path} failed ({message}). " + _REBUILD_HINT,
+        )
+    missing = [op for op in ("nestad_fused_activation", "nestad_fused_activation_grad")
+               if not hasattr(module, op)]
+    if missing:
+        return KernelLibrary(
+            None, path, built_against,
+            f"{path} loaded but does not define the nestad ops ({', '.join(missing)} missing): "
+            "it is not nestad_tf's kernel library. " + _REBUILD_HINT,
         )
     return KernelLibrary(module, path, built_against, "loaded", _load_gpu_kernels(path))
 
