@@ -159,6 +159,10 @@ class ForwardADActivation:
         if self.check:
             self._check_once(x, constants, {**tensors, **differentiable})
         bound = functools.partial(self.fn, **constants, **tensors)
+        if ops.inference_graph():  # no tape records: nothing will ask for f' (see ops.keras_apply)
+            compute = ops._compute_dtype(x.dtype)  # pylint: disable=protected-access
+            values = {k: tf.cast(v, compute) for k, v in differentiable.items()}
+            return tf.cast(bound(tf.cast(x, compute), **values), x.dtype)
         if not differentiable:
             return ops.with_saved_derivative(
                 x,
@@ -783,6 +787,12 @@ class ParametricActivation(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    @classmethod
+    def from_config(cls, config):
+        registry.check_saved_params(registry.get(config.get("activation")), config,
+                                    "nestad_tf.ParametricActivation")
+        return super().from_config(config)
 
     def get_config(self):
         config = super().get_config()

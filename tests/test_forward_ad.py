@@ -531,3 +531,13 @@ def test_training_keeps_about_one_tensor_per_layer():
     kept_per_layer = (nestad - relu) / (layers * activation_bytes)
     assert saved_per_layer >= 1.0, (composite, nestad)
     assert 0.5 <= kept_per_layer <= 1.6, (nestad, relu)
+
+
+def test_inference_graph_computes_only_y():
+    """In a tf.function traced without a tape (predict, serving) no derivative is built."""
+    activation = nestad_tf.forward_ad(mish_composite)
+    x = tf.constant(np.linspace(-3, 3, 13), tf.float32)
+    graph = tf.function(activation).get_concrete_function(x).graph
+    assert not [op for op in graph.get_operations() if op.type in ("PartitionedCall", "IdentityN")]
+    np.testing.assert_allclose(tf.function(activation)(x), mish_composite(x),
+                               **tolerance(tf.float32))
