@@ -1,7 +1,7 @@
 """Define a new activation as ordinary TF code; training keeps only its f'(x).
 
-The activation ("snake", x + sin(a x)^2 / a, with a learnable `a` per channel
-in one layer) is written with plain TensorFlow ops. `register_activation`
+The activation (Smish-like, x * tanh(log(1 + sigmoid(beta x))), with a
+learnable `beta` per channel in one layer) is written with plain TensorFlow ops. `register_activation`
 makes it a nestad activation: f'(x) comes from forward-mode AD during the
 forward pass and is the only tensor the backward pass keeps. The script trains
 an MLP on scikit-learn's digits, saves it as a .keras file, reloads it with
@@ -26,14 +26,14 @@ from sklearn.datasets import load_digits  # noqa: E402
 import nestad_tf  # noqa: E402
 
 
-def snake(x, a=1.0):
-    """x + sin(a x)^2 / a"""
-    return x + tf.sin(a * x) ** 2 / a
+def smish(x, beta=1.0):
+    """x * tanh(log(1 + sigmoid(beta x)))"""
+    return x * tf.tanh(tf.math.log1p(tf.sigmoid(beta * x)))
 
 
 # Registered at import time of the defining module, so that a saved model
-# finds "snake" again when it is loaded.
-nestad_snake = nestad_tf.register_activation("snake", snake, overwrite=True)
+# finds "smish" again when it is loaded.
+nestad_smish = nestad_tf.register_activation("smish", smish, overwrite=True)
 
 
 def build_model(activation, width, depth, learnable_layer):
@@ -42,9 +42,9 @@ def build_model(activation, width, depth, learnable_layer):
     h = inputs
     for _ in range(depth):
         h = keras.layers.Dense(width, activation=activation)(h)
-    if learnable_layer:  # one layer with a trainable `a` per channel
+    if learnable_layer:  # one layer with a trainable `beta` per channel
         h = keras.layers.Dense(width)(h)
-        h = nestad_tf.ParametricActivation("snake", trainable_params="a")(h)
+        h = nestad_tf.ParametricActivation("smish", trainable_params="beta")(h)
     return keras.Model(inputs, keras.layers.Dense(10)(h))
 
 
@@ -71,32 +71,32 @@ def main():
     y = np.tile(digits.target, 2)
 
     results = {}
-    for label, activation in [("plain TF composite", snake), ("nestad forward_ad", nestad_snake)]:
+    for label, activation in [("plain TF composite", smish), ("nestad forward_ad", nestad_smish)]:
         model = build_model(activation, args.width, args.depth, learnable_layer=False)
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         results[label] = step_peak_mib(model, x[: args.batch], y[: args.batch])
 
-    model = build_model(nestad_snake, args.width, args.depth, learnable_layer=True)
+    model = build_model(nestad_smish, args.width, args.depth, learnable_layer=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, verbose=0)
     with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "snake_mlp.keras")
+        path = os.path.join(directory, "smish_mlp.keras")
         model.save(path)
         reloaded = keras.models.load_model(path, safe_mode=True)
     same = np.allclose(reloaded.predict(x[:256], verbose=0), model.predict(x[:256], verbose=0),
                        rtol=1e-5, atol=1e-5)
-    learned_a = model.layers[-2].get_weights()[0]
+    learned_beta = model.layers[-2].get_weights()[0]
 
-    print(f"MLP {args.depth} x Dense({args.width}) + snake, batch {args.batch}: "
+    print(f"MLP {args.depth} x Dense({args.width}) + smish, batch {args.batch}: "
           "one training step")
     for label, (peak, seconds) in results.items():
         print(f"  {label:20s} peak {peak:7.1f} MiB   {seconds * 1e3:7.1f} ms")
-    print(f"trained {args.epochs} epochs with a learnable `a` per channel: accuracy "
-          f"{history.history['accuracy'][-1]:.3f}, a in [{learned_a.min():.3f}, "
-          f"{learned_a.max():.3f}]")
+    print(f"trained {args.epochs} epochs with a learnable `beta` per channel: accuracy "
+          f"{history.history['accuracy'][-1]:.3f}, beta in [{learned_beta.min():.3f}, "
+          f"{learned_beta.max():.3f}]")
     print(f"saved and reloaded (safe_mode=True): predictions identical: {same}")
 
 
