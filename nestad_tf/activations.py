@@ -65,6 +65,8 @@ class ActivationFunction:
 
     @classmethod
     def from_config(cls, config):
+        registry.check_saved_params(registry.get(config.get("activation")), config,
+                                    "nestad_tf.ActivationFunction")
         return cls(**config)
 
     def __eq__(self, other):

@@ -51,6 +51,12 @@ class Activation(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    @classmethod
+    def from_config(cls, config):
+        registry.check_saved_params(registry.get(config.get("activation")), config,
+                                    "nestad_tf.layers.Activation")
+        return super().from_config(config)
+
     def get_config(self):
         config = super().get_config()
         config.update({"activation": self.activation, "backend": self.backend,

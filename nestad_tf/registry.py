@@ -143,6 +143,23 @@ def get(name: str) -> ActivationSpec:
     return _REGISTRY[key]
 
 
+def check_saved_params(spec: ActivationSpec, config: Dict[str, Any], owner: str) -> None:
+    """Refuses a saved config whose activation parameters are not plain numbers.
+
+    A `.keras` file is untrusted input: Keras hands a registered class its config
+    as parsed JSON, so a crafted file can put a nested object (e.g. a serialized
+    function) where a number belongs. Every built-in parameter is a number, a bool
+    or None; anything else is refused here, at load time.
+    """
+    for name in spec.param_names:
+        value = config.get(name)
+        if value is not None and not isinstance(value, (bool, int, float)):
+            raise TypeError(
+                f"{owner} config: parameter '{name}' of activation '{spec.name}' must be a "
+                f"number, a bool or None, got {type(value).__name__} {str(value)[:80]!r}"
+            )
+
+
 def available_activations(*, include_aliases: bool = False) -> List[str]:
     """Names of all registered activations (sorted)."""
     names = list(_REGISTRY)
