@@ -40,8 +40,10 @@ KERNEL_SOURCES = ["kernels/fused_activation_ops.cc", "kernels/storage_ops.cc"]
 # Portable and vectorized: no -march=native, no -ffast-math; the element loops
 # carry target_clones (AVX-512 / AVX2+FMA / baseline, chosen at load time) and
 # call glibc's vector math (libmvec), which needs -fno-math-errno.
+# -ffp-contract=off: no fused multiply-adds, so the same expression rounds the
+# same way in every op (fused, forward-only, quantized) and every clone.
 CXX_FLAGS = [
-    "-O3", "-g0", "-fPIC", "-fno-math-errno", "-fvisibility=hidden",
+    "-O3", "-g0", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden",
     "-Wno-deprecated-declarations", "-Wno-interference-size", "-Wno-unused-function",
 ]
 

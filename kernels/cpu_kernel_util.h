@@ -29,6 +29,20 @@ constexpr int64_t kBlock = 256;
 #define NESTAD_CPU_CLONES
 #endif
 
+// y = f(x) and d = f'(x) over [begin, end), d in the storage type (the fused op)
+// or the compute type (a block buffer the quantized op encodes from).
+template <typename Functor, typename S, typename D>
+NESTAD_CPU_CLONES void ForwardRange(const Functor f, const S* x, S* y, D* __restrict d,
+                                    int64_t begin, int64_t end) {
+  using C = typename ComputeType<S>::type;
+  for (int64_t i = begin; i < end; ++i) {
+    C yc, dc;
+    FusedForwardCompute(f, static_cast<C>(x[i]), yc, dc);
+    y[i] = static_cast<S>(yc);
+    d[i] = static_cast<D>(dc);
+  }
+}
+
 // Runs fn(begin, end) over [0, n) in kBlock-aligned ranges on the intra-op pool.
 template <typename Fn>
 void ParallelForBlocks(tensorflow::OpKernelContext* ctx, int64_t n, int64_t cost_per_element,

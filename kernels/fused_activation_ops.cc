@@ -58,12 +58,6 @@ REGISTER_OP("Nestad>FusedActivationGrad")
     })
     .Doc("Backward pass of Nestad>FusedActivation: dx = dy * derivative.");
 
-template <typename Functor, typename S>
-NESTAD_CPU_CLONES void ForwardRange(const Functor f, const S* x, S* y, S* __restrict d,
-                                    int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) FusedForwardElement(f, x[i], y[i], d[i]);
-}
-
 template <typename S>
 NESTAD_CPU_CLONES void BackwardRange(const S* dy, const S* d, S* dx, int64_t begin,
                                      int64_t end) {

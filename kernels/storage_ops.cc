@@ -3,6 +3,7 @@
 //   Nestad>ActivationGradFromOutput:   (dy, y) -> dx = dy * f'(x), f' recovered from y
 //   Nestad>FusedActivationQuantized:   x -> (y, code): f' packed (see storage.h)
 //   Nestad>ActivationGradQuantized:    (dy, code) -> dx, decoding on the fly
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -122,21 +123,24 @@ NESTAD_CPU_CLONES void BackwardFromOutputRange(const Functor f, const S* dy, con
   for (int64_t i = begin; i < end; ++i) dx[i] = BackwardFromOutputElement(f, dy[i], y[i]);
 }
 
-// begin is a multiple of kGroup; the last group may be partial (padded with code 0).
+// begin is a multiple of kBlock; the last group may be partial (padded with code 0).
+// Per block, y and f' come from the same vectorized loop as the fused op (so y is
+// bit-identical to it); f' lives only in a block-sized stack buffer before encoding.
 template <typename Functor, typename S>
-void QuantizedForwardRange(const Functor f, const Quantizer& q, const S* x, S* y, uint8_t* code,
-                           int64_t n, int64_t begin, int64_t end) {
+void QuantizedForwardRange(const Functor f, const Quantizer& q, const S* x,
+                                             S* y, uint8_t* code, int64_t begin, int64_t end) {
   using C = typename ComputeType<S>::type;
-  for (int64_t g = begin; g < end; g += kGroup) {
-    uint32_t codes[kGroup] = {};
-    for (int i = 0; i < kGroup && g + i < n; ++i) {
-      const C xc = static_cast<C>(x[g + i]);
-      C yc, dc;
-      FusedForwardCompute(f, xc, yc, dc);  // f' is encoded before any rounding
-      y[g + i] = static_cast<S>(yc);
-      codes[i] = q.Encode(xc, dc);
+  C d[kBlock];
+  for (int64_t start = begin; start < end; start += kBlock) {
+    const int64_t count = std::min(kBlock, end - start);
+    ForwardRange(f, x + start, y + start, d, 0, count);
+    for (int64_t g = 0; g < count; g += kGroup) {
+      uint32_t codes[kGroup] = {};
+      for (int i = 0; i < kGroup && g + i < count; ++i) {
+        codes[i] = q.Encode(static_cast<C>(x[start + g + i]), d[g + i]);
+      }
+      PackGroup(codes, q.bits, code + (start + g) / kGroup * q.bits);
     }
-    PackGroup(codes, q.bits, code + g / kGroup * q.bits);
   }
 }
 
@@ -244,7 +248,7 @@ class FusedActivationQuantizedOp : public OpKernel {
     uint8_t* cp = code->flat<uint8_t>().data();
     ParallelForBlocks(ctx, n, 50, [&](int64_t begin, int64_t end) {
       VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
-        QuantizedForwardRange(f, quantizer_, xp, yp, cp, n, begin, end);
+        QuantizedForwardRange(f, quantizer_, xp, yp, cp, begin, end);
         return 0;
       });
     });
