@@ -216,6 +216,7 @@ setup(
     if os.path.exists(os.path.join(ROOT, "README.md")) else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nestad_tf", "nestad_tf.*"]),
+    package_data={"nestad_tf": ["fewbit_tables.json"]},
     python_requires=">=3.9",
     # TensorFlow itself is not listed: `tensorflow` and `tensorflow-cpu` are
     # different distributions and either one works; see requirements.txt.

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from . import activations as _activations
 from . import layers as _layers
-from . import ops, registry
+from . import ops, registry, storage
 
 _PROBE_ELEMENTS = 1001  # odd and large: packed f' codes (a few bits each) stay far above
 _MIN_SAVED_ELEMENTS = 16  # the size of any shape, index or scalar tensor
@@ -73,7 +73,8 @@ def _source(tensor):
 
 
 @functools.lru_cache(maxsize=None)
-def _saved_for_backward_cached(name, params_items, dtype_name, implementation, backend):
+def _saved_for_backward_cached(name, params_items, dtype_name, implementation, backend,
+                               derivative="exact"):
     spec = registry.get(name)
     params = dict(params_items)
     dtype = tf.as_dtype(dtype_name)
@@ -82,7 +83,7 @@ def _saved_for_backward_cached(name, params_items, dtype_name, implementation, b
             return spec.reference(x, **params)
     else:
         def function(x):
-            return ops.apply_spec(x, spec, params, backend)
+            return ops.apply_spec(x, spec, params, backend, derivative)
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(dtype, [_PROBE_ELEMENTS])
@@ -116,7 +117,7 @@ def _saved_for_backward_cached(name, params_items, dtype_name, implementation, b
 
 def saved_for_backward(activation: str, params: Optional[Dict[str, Any]] = None,
                        dtype="float32", implementation: str = "keras",
-                       backend: str = "auto") -> SavedTensors:
+                       backend: str = "auto", derivative: str = "exact") -> SavedTensors:
     """What the backward pass of an activation keeps: the one table convert() decides by.
 
     Derived, not written down: the activation is applied to a placeholder in a
@@ -131,6 +132,7 @@ def saved_for_backward(activation: str, params: Optional[Dict[str, Any]] = None,
       dtype: the compute dtype of the layer.
       implementation: "keras" (Keras' own activation) or "nestad".
       backend: nestad backend ("auto", "kernel" or "tf"), for implementation="nestad".
+      derivative: nestad's storage of f' (see `nestad_tf.storage`), for implementation="nestad".
 
     Returns:
       A `SavedTensors`.
@@ -143,8 +145,10 @@ def saved_for_backward(activation: str, params: Optional[Dict[str, Any]] = None,
         raise ValueError(f"implementation must be 'keras' or 'nestad', got {implementation!r}")
     spec = registry.get(activation)
     bound = spec.bind(dict(params or {}))
+    storage.check_mode(derivative)
     return _saved_for_backward_cached(
-        spec.name, tuple(sorted(bound.items())), tf.as_dtype(dtype).name, implementation, backend
+        spec.name, tuple(sorted(bound.items())), tf.as_dtype(dtype).name, implementation, backend,
+        derivative
     )
 
 
@@ -422,13 +426,14 @@ def _saves_memory(keras_saved: SavedTensors, nestad_saved: SavedTensors) -> bool
 
 
 def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str],
-           reason: Optional[str], backend: str) -> ActivationReport:
+           reason: Optional[str], backend: str, derivative: str = "exact") -> ActivationReport:
     dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
     elements = _elements_per_sample(layer)
     keras_saved = nestad_saved = None
     if found.spec is not None and found.reason is None:
         keras_saved = saved_for_backward(found.spec.name, found.params, dtype, "keras")
-        nestad_saved = saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend)
+        nestad_saved = saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend,
+                                          derivative)
 
     def per_sample(saved):
         if saved is None or elements is None:
@@ -468,7 +473,13 @@ def _subclassed_note(model) -> Optional[str]:
             "Keras'")
 
 
-def memory_report(model, *, backend: str = "auto") -> MemoryReport:
+def _derivative_of(layer, found: _Found) -> str:
+    """The derivative= storage of a nestad activation held by `layer`."""
+    holder = layer if found.kind == "layer" else getattr(layer, "activation", None)
+    return getattr(holder, "derivative", "exact")
+
+
+def memory_report(model, *, backend: str = "auto", derivative: str = "exact") -> MemoryReport:
     """Per activation of any Keras model: what its backward pass keeps, Keras' vs nestad's.
 
     For every element-wise activation (Activation/ReLU/LeakyReLU/ELU layers and the
@@ -483,6 +494,8 @@ def memory_report(model, *, backend: str = "auto") -> MemoryReport:
     Args:
       model: a Keras 3 model (Functional, Sequential or subclassed), converted or not.
       backend: the nestad backend assumed for nestad's side of the comparison.
+      derivative: the storage of f' assumed for activations not yet converted
+        (nestad activations report their own).
 
     Returns:
       A `MemoryReport` (a list of `ActivationReport`; print it for a table).
@@ -500,13 +513,13 @@ def memory_report(model, *, backend: str = "auto") -> MemoryReport:
             continue
         if found.implementation == "nestad":
             entries.append(_entry(path, layer, found, True, _describe_nestad(layer, found), None,
-                                  backend))
+                                  backend, _derivative_of(layer, found)))
             continue
         if not found.convertible:
             entries.append(_entry(path, layer, found, False, None, found.reason, backend))
             continue
-        entry = _entry(path, layer, found, False, None, None, backend)
-        keras_saved, nestad_saved = _pair(found, entry.dtype, backend)
+        entry = _entry(path, layer, found, False, None, None, backend, derivative)
+        keras_saved, nestad_saved = _pair(found, entry.dtype, backend, derivative)
         if _saves_memory(keras_saved, nestad_saved):
             reason = (f"not converted: nestad would keep {nestad_saved.bytes_per_element} instead "
                       f"of {keras_saved.bytes_per_element} B/element (convert() replaces it)")
@@ -519,9 +532,11 @@ def memory_report(model, *, backend: str = "auto") -> MemoryReport:
     return MemoryReport(entries, notes)
 
 
-def _pair(found: _Found, dtype: str, backend: str) -> Tuple[SavedTensors, SavedTensors]:
+def _pair(found: _Found, dtype: str, backend: str,
+          derivative: str = "exact") -> Tuple[SavedTensors, SavedTensors]:
     return (saved_for_backward(found.spec.name, found.params, dtype, "keras"),
-            saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend))
+            saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend,
+                               derivative))
 
 
 # --- convert ---
@@ -553,7 +568,7 @@ def _matches(path: str, layer_name: str, patterns) -> bool:
 
 
 def _decide(path, layer, found: _Found, include, exclude, layer_patterns, exclude_layers,
-            backend) -> _Decision:
+            backend, derivative) -> _Decision:
     if not found.convertible:
         return _Decision(found, False, found.reason)
     name = found.spec.name
@@ -568,22 +583,24 @@ def _decide(path, layer, found: _Found, include, exclude, layer_patterns, exclud
             return _Decision(found, True, None)
         return _Decision(found, False, f"not named in include= ({', '.join(sorted(include))})")
     dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
-    keras_saved, nestad_saved = _pair(found, dtype, backend)
+    keras_saved, nestad_saved = _pair(found, dtype, backend, derivative)
     if _saves_memory(keras_saved, nestad_saved):
         return _Decision(found, True, None)
     return _Decision(found, False, _default_reason(found, keras_saved, nestad_saved) +
                      f" (pass include=[{name!r}] to replace it anyway)")
 
 
-def _nestad_function(found: _Found, backend: str) -> _activations.ActivationFunction:
+def _nestad_function(found: _Found, backend: str,
+                     derivative: str = "exact") -> _activations.ActivationFunction:
     return _activations.ActivationFunction(
-        found.spec.name, backend=None if backend == "auto" else backend, **found.params
+        found.spec.name, backend=None if backend == "auto" else backend, derivative=derivative,
+        **found.params
     )
 
 
-def _nestad_layer(layer, found: _Found, backend: str) -> _layers.Activation:
-    return _layers.Activation(found.spec.name, backend=backend, name=layer.name,
-                              dtype=layer.dtype_policy, **found.params)
+def _nestad_layer(layer, found: _Found, backend: str, derivative: str = "exact") -> _layers.Activation:
+    return _layers.Activation(found.spec.name, backend=backend, derivative=derivative,
+                              name=layer.name, dtype=layer.dtype_policy, **found.params)
 
 
 def _recreate_subclassed(model):
@@ -638,7 +655,7 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
 
 def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[str] = (), *,
             layers: Optional[Iterable[str]] = None, exclude_layers: Iterable[str] = (),
-            backend: str = "auto", verbose: bool = False,
+            backend: str = "auto", derivative: str = "exact", verbose: bool = False,
             replace_with: Optional[Callable[[str, Dict[str, Any]], Callable]] = None
             ) -> keras.Model:
     """Returns a copy of `model` whose element-wise activations keep only f'(x) for backprop.
@@ -669,6 +686,9 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         given, only activations of matching layers are replaced.
       exclude_layers: fnmatch patterns of layers whose activations stay Keras'.
       backend: "auto", "kernel" or "tf", for the nestad activations.
+      derivative: how the nestad activations keep f'(x): "exact" (default), "full",
+        "bfloat16", "uint8", "bits4" ... "bits1" (see `nestad_tf.storage`); the memory
+        rule compares Keras with this form, so lossy forms replace more activations.
       verbose: print the report of what was replaced and what was left alone, and why.
       replace_with: `replace_with(name, params) -> callable`, what the chosen activations
         become instead of nestad's (activation layers become `keras.layers.Activation` of
@@ -684,6 +704,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
       model.compile("adam", "sparse_categorical_crossentropy")
     """
     ops._check_backend_name(backend)  # pylint: disable=protected-access
+    storage.check_mode(derivative)
     include = _canonical(include, "include")
     exclude = _canonical(exclude, "exclude") or frozenset()
     layer_patterns = None if layers is None else (
@@ -700,7 +721,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
             entries_in_order.append((path, layer, _Decision(found, False, None)))
             continue
         decision = _decide(path, layer, found, include, exclude, layer_patterns, exclude_layers,
-                           backend)
+                           backend, derivative)
         swappable = _is_graph_model(parent) or type(layer) is keras.layers.Activation  # pylint: disable=unidiomatic-typecheck
         if decision.replace and found.kind == "layer" and not swappable:
             decision = _Decision(found, False,
@@ -716,7 +737,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         record = decisions.get(id(layer))
         if record is not None and record[2].replace and record[2].found.kind == "layer":
             if replace_with is None:
-                return _nestad_layer(layer, record[2].found, backend)
+                return _nestad_layer(layer, record[2].found, backend, derivative)
             swapped_paths.add(record[0])
             found = record[2].found
             return keras.layers.Activation(replace_with(found.spec.name, dict(found.params)),
@@ -743,7 +764,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         if replace_with is not None:
             new_layer.activation = replace_with(decision.found.spec.name, dict(decision.found.params))
             continue
-        new_layer.activation = _nestad_function(decision.found, backend)
+        new_layer.activation = _nestad_function(decision.found, backend, derivative)
         saved = str(new_layer.get_config().get("activation", ""))
         if "nestad_tf" not in saved:
             notes.append(f"{path}: converted in memory, but {type(new_layer).__name__}.get_config() "
@@ -768,11 +789,11 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
                                          decision.found.implementation == "nestad",
                                          _describe_nestad(new_layer, decision.found)
                                          if decision.found.implementation == "nestad" else None,
-                                         reason, backend))
+                                         reason, backend, _derivative_of(new_layer, decision.found)))
             continue
         replaced_by = _describe_nestad(new_layer, decision.found) if decision.replace else None
         report_entries.append(_entry(path, layer, decision.found, decision.replace, replaced_by,
-                                     decision.reason, backend))
+                                     decision.reason, backend, derivative))
     note = _subclassed_note(model)
     if note:
         notes.append(note)

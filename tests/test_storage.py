@@ -142,7 +142,7 @@ def test_raw_quantized_ops_reject_bad_attributes_and_code_sizes():
         lib.nestad_activation_grad_from_output(tf.ones([2]), tf.ones([2]), activation="gelu")
 
 
-def training_step_peak(derivative, batch=256, width=1024, depth=4):
+def training_step_peak(derivative, batch=4096, width=256, depth=4):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((width,))]
@@ -165,9 +165,37 @@ def training_step_peak(derivative, batch=256, width=1024, depth=4):
 
 
 def test_compressed_modes_lower_the_training_peak():
-    peaks = {mode: training_step_peak(mode) for mode in ["full", "bfloat16", "uint8", "bits1"]}
-    activation_bytes = 256 * 1024 * 4
-    print({k: round(v / 2 ** 20, 1) for k, v in peaks.items()})
-    assert peaks["bfloat16"] <= peaks["full"] - activation_bytes  # 4 layers x 2 bytes saved
-    assert peaks["uint8"] < peaks["bfloat16"]
-    assert peaks["bits1"] < peaks["uint8"]
+    """4 x Dense(256) + gelu, batch 4096: one f' tensor is 4 MiB in float32.
+
+    The executor's op order moves the peak by a few MiB between identical
+    steps, so each mode's peak is the lowest of three, and the assertions ask
+    for at least half of the expected saving (bfloat16 saves 8 MiB, uint8 12,
+    bits1 15.5).
+    """
+    modes = ["full", "bfloat16", "uint8", "bits1"]
+    peaks = {mode: min(training_step_peak(mode) for _ in range(3)) for mode in modes}
+    activation_bytes = 4096 * 256 * 4
+    print({k: round(v / 2 ** 20, 2) for k, v in peaks.items()})
+    assert peaks["bfloat16"] <= peaks["full"] - activation_bytes
+    assert peaks["uint8"] <= peaks["full"] - 1.5 * activation_bytes
+    assert peaks["bits1"] <= peaks["full"] - 2 * activation_bytes
+    assert peaks["bits1"] < peaks["bfloat16"]
+
+
+def test_convert_with_a_lossy_mode_replaces_more_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="silu"),
+                              keras.layers.Dense(16, activation="gelu"), keras.layers.Dense(1)])
+    exact = nestad_tf.convert(model)
+    lossy = nestad_tf.convert(model, derivative="bits4")
+    assert not isinstance(exact.layers[0].activation, nestad_tf.ActivationFunction)  # silu: a tie
+    assert lossy.layers[0].activation.derivative == "bits4"
+    assert lossy.layers[1].activation.derivative == "bits4"
+    report = nestad_tf.memory_report(lossy)
+    assert report.bytes_per_sample < nestad_tf.memory_report(exact).bytes_per_sample
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    np.testing.assert_allclose(lossy(x), model(x), rtol=1e-5, atol=1e-6)  # y is unchanged
+    path = str(tmp_path / "lossy.keras")
+    lossy.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert restored.layers[1].activation.derivative == "bits4"
