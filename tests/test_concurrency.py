@@ -123,7 +123,8 @@ CHILD = textwrap.dedent(
 @pytest.mark.subprocess
 def test_intra_op_thread_counts_give_bit_identical_results():
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
     outcomes = {}
     for threads in (1, 4):
         result = subprocess.run([sys.executable, "-c", CHILD, str(threads), here],

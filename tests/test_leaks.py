@@ -88,7 +88,9 @@ CHILD = textwrap.dedent(
 
 
 def _train(mode, activation, backend, steps=STEPS, leak="no_leak"):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
         [sys.executable, "-c", CHILD, mode, activation, backend, str(steps), str(WARMUP), leak],
         capture_output=True, text=True, timeout=900, env=env)

@@ -16,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.subprocess
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 IAE = "InvalidArgumentError"
 
 # id: (code raising the error, accepted exception class names, fragment of the message).
@@ -210,7 +212,8 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def child_records():
     codes = {case_id: code for case_id, (code, _, _) in CASES.items()}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(codes)],
                             capture_output=True, text=True, timeout=300, env=env)
     records = {}
