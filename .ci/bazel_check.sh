@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bazel route check: builds the kernel library with Bazel (BUILD.bazel, WORKSPACE)
+# Bazel route check: builds the kernel library with Bazel (BUILD, WORKSPACE)
 # and checks that it computes exactly what the setup.py-built library computes.
 #
 #   bash .ci/bazel_check.sh        (after `pip install --no-build-isolation -e .`)

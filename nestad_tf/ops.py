@@ -109,8 +109,10 @@ def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
         if not _gpu_warned:
             _gpu_warned = True
             warnings.warn(
-                "nestad_tf: a GPU is visible but this build has CPU kernels only; "
-                "using the pure-TF path so that activations stay on the GPU.",
+                "nestad_tf: a GPU is visible; backend='auto' uses the pure-TF path there "
+                f"(GPU kernels: {library.gpu_reason}; they have not been verified on a GPU "
+                "yet, and the compressed derivative forms have CPU kernels only). "
+                "backend='kernel' uses the fused kernels.",
                 RuntimeWarning,
                 stacklevel=3,
             )
