@@ -1,5 +1,5 @@
-// What the CPU OpKernels of nestad share: attribute parsing, the element-loop
-// clone attribute and block-wise sharding over TF's intra-op thread pool.
+// What the CPU OpKernels of nestad share: the element loops' clone attribute,
+// the fused forward loop and block-wise sharding over TF's intra-op thread pool.
 #ifndef NESTAD_KERNELS_CPU_KERNEL_UTIL_H_
 #define NESTAD_KERNELS_CPU_KERNEL_UTIL_H_
 
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fused_activation.h"
+#include "op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace nestad {
@@ -53,21 +54,6 @@ void ParallelForBlocks(tensorflow::OpKernelContext* ctx, int64_t n, int64_t cost
     fn(first * kBlock, std::min(last * kBlock, n));
   });
 }
-
-// The `activation` and `params` attributes, validated.
-struct ActivationAttrs {
-  Kind kind = Kind::k_linear;
-  std::vector<float> params;
-
-  absl::Status Read(tensorflow::OpKernelConstruction* ctx, const std::string& op_name) {
-    std::string name;
-    absl::Status status = ctx->GetAttr("activation", &name);
-    if (status.ok()) status = ctx->GetAttr("params", &params);
-    if (!status.ok()) return status;
-    const std::string error = ResolveActivation(name, params, &kind);
-    return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
-  }
-};
 
 }  // namespace nestad
 

@@ -103,10 +103,7 @@ class FusedActivationGradOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& d = ctx->input(1);
-    OP_REQUIRES(ctx, dy.shape() == d.shape(),
-                absl::InvalidArgumentError(
-                    "Nestad>FusedActivationGrad: dy and derivative must have the same shape, got " +
-                    dy.shape().DebugString() + " and " + d.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, SameShape("Nestad>FusedActivationGrad", "dy", dy, "derivative", d));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
     const int64_t n = dy.NumElements();

@@ -204,10 +204,7 @@ class ActivationGradFromOutputOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& y = ctx->input(1);
-    OP_REQUIRES(ctx, dy.shape() == y.shape(),
-                absl::InvalidArgumentError(
-                    "Nestad>ActivationGradFromOutput: dy and y must have the same shape, got " +
-                    dy.shape().DebugString() + " and " + y.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, SameShape("Nestad>ActivationGradFromOutput", "dy", dy, "y", y));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
     const S* dyp = dy.flat<S>().data();

@@ -411,14 +411,16 @@ def _fmt_bytes(value):
 
 def _default_reason(found: _Found, keras_saved: SavedTensors, nestad_saved: SavedTensors) -> str:
     name = found.label
+    nestad_kept = ", ".join(nestad_saved.tensors) or "nothing"
+    nestad_part = f"nestad would keep {nestad_kept} ({nestad_saved.bytes_per_element} B/element)"
     if keras_saved.keeps_only_output:
         return (f"Keras' {name} keeps only its output, which the next layer keeps anyway; "
-                f"nestad would add f'(x) ({nestad_saved.bytes_per_element} B/element)")
+                f"{nestad_part}: no saving")
     kept = ", ".join(keras_saved.tensors) or "nothing"
     verdict = "no saving" if keras_saved.bytes_per_element == nestad_saved.bytes_per_element else \
         "nestad would keep more"
-    return (f"Keras' {name} keeps {kept} ({keras_saved.bytes_per_element} B/element), nestad "
-            f"would keep f'(x) ({nestad_saved.bytes_per_element} B/element): {verdict}")
+    return (f"Keras' {name} keeps {kept} ({keras_saved.bytes_per_element} B/element), "
+            f"{nestad_part}: {verdict}")
 
 
 def _saves_memory(keras_saved: SavedTensors, nestad_saved: SavedTensors) -> bool:

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../fused_activation.h"
+#include "../op_util.h"
 #include "fused_activation_gpu.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -35,11 +36,7 @@ template <typename S>
 class FusedActivationGpuOp : public OpKernel {
  public:
   explicit FusedActivationGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string name;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &name));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("params", &params_));
-    const std::string error = ResolveActivation(name, params_, &kind_);
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError("Nestad>FusedActivation: " + error));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivation"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -49,8 +46,8 @@ class FusedActivationGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, x.shape(), &d));
     gpu::ForwardArgs args;
-    args.kind = kind_;
-    args.params = params_.data();
+    args.kind = attrs_.kind;
+    args.params = attrs_.params.data();
     args.type = kElementType<S>;
     args.storage = gpu::DerivativeStorage::kExact;
     args.n = x.NumElements();
@@ -64,8 +61,7 @@ class FusedActivationGpuOp : public OpKernel {
   }
 
  private:
-  std::vector<float> params_;
-  Kind kind_ = Kind::k_linear;
+  ActivationAttrs attrs_;
 };
 
 template <typename S>
@@ -76,10 +72,7 @@ class FusedActivationGradGpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& d = ctx->input(1);
-    OP_REQUIRES(ctx, dy.shape() == d.shape(),
-                absl::InvalidArgumentError(
-                    "Nestad>FusedActivationGrad: dy and derivative must have the same shape, got " +
-                    dy.shape().DebugString() + " and " + d.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, SameShape("Nestad>FusedActivationGrad", "dy", dy, "derivative", d));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
     gpu::BackwardArgs args;

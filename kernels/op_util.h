@@ -1,0 +1,41 @@
+// What nestad's OpKernels share on every device: reading the activation
+// attributes and checking that two inputs have the same shape.
+#ifndef NESTAD_KERNELS_OP_UTIL_H_
+#define NESTAD_KERNELS_OP_UTIL_H_
+
+#include <string>
+#include <vector>
+
+#include "fused_activation.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace nestad {
+
+// The `activation` and `params` attributes, validated.
+struct ActivationAttrs {
+  Kind kind = Kind::k_linear;
+  std::vector<float> params;
+
+  absl::Status Read(tensorflow::OpKernelConstruction* ctx, const std::string& op_name) {
+    std::string name;
+    absl::Status status = ctx->GetAttr("activation", &name);
+    if (status.ok()) status = ctx->GetAttr("params", &params);
+    if (!status.ok()) return status;
+    const std::string error = ResolveActivation(name, params, &kind);
+    return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
+  }
+};
+
+// InvalidArgument naming both inputs unless a and b have the same shape.
+inline absl::Status SameShape(const std::string& op_name, const char* a_name,
+                              const tensorflow::Tensor& a, const char* b_name,
+                              const tensorflow::Tensor& b) {
+  if (a.shape() == b.shape()) return absl::OkStatus();
+  return absl::InvalidArgumentError(op_name + ": " + a_name + " and " + b_name +
+                                    " must have the same shape, got " + a.shape().DebugString() +
+                                    " and " + b.shape().DebugString());
+}
+
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_OP_UTIL_H_
