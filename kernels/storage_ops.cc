@@ -24,7 +24,7 @@ using ::tensorflow::TensorShape;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
-absl::Status SameShape(InferenceContext* c, const char* op, const char* a, const char* b) {
+absl::Status MergeSameShape(InferenceContext* c, const char* op, const char* a, const char* b) {
   ShapeHandle merged;
   if (!c->Merge(c->input(0), c->input(1), &merged).ok()) {
     return absl::InvalidArgumentError(std::string(op) + ": " + a + " and " + b +
@@ -56,7 +56,7 @@ REGISTER_OP("Nestad>ActivationGradFromOutput")
     .Attr("activation: string")
     .Attr("params: list(float) = []")
     .SetShapeFn([](InferenceContext* c) {
-      return SameShape(c, "Nestad>ActivationGradFromOutput", "dy", "y");
+      return MergeSameShape(c, "Nestad>ActivationGradFromOutput", "dy", "y");
     })
     .Doc("dx = dy * f'(x), with f'(x) computed from the output y = f(x).");
 
