@@ -260,11 +260,31 @@ def test_kernel_and_tf_path_match_keras_everywhere(dtype, data):
                             what=f"TF path ({layout})")
 
 
+# Parameters at the edge of their range, where tails and kinks change (slope 0: no
+# -inf * slope; b = 0: squareplus is relu), swept in addition to the defaults.
+EDGE_PARAMS = [
+    ("leaky_relu", {"negative_slope": 0.0}),
+    ("leaky_relu", {"negative_slope": -0.5}),
+    ("relu", {"negative_slope": 0.25, "max_value": 6.0, "threshold": 1.0}),
+    ("relu", {"max_value": 0.5, "threshold": -1.0}),
+    ("elu", {"alpha": 0.0}),
+    ("celu", {"alpha": 0.1}),
+    ("hard_shrink", {"threshold": 0.0}),
+    ("soft_shrink", {"threshold": 0.0}),
+    ("squareplus", {"b": 0.0}),
+    ("gelu", {"approximate": True}),
+]
+SWEEP_CASES = [(spec.name, {}) for spec in KERNEL_SPECS if spec.name != "threshold"]
+SWEEP_CASES += [("threshold", {"threshold": 0.5, "default_value": -1.0})] + EDGE_PARAMS
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("spec", KERNEL_SPECS, ids=lambda s: s.name)
-def test_extreme_values_every_activation(spec, dtype):
+@pytest.mark.parametrize("name,params", SWEEP_CASES,
+                         ids=[n + "".join(f"-{k}={v}" for k, v in p.items()) for n, p in SWEEP_CASES])
+def test_extreme_values_every_activation(name, params, dtype):
     """Deterministic sweep: every activation at +-inf, NaN, the largest finite and the
     smallest subnormal numbers of the dtype, and a log grid across the whole range."""
+    spec = registry.get(name)
     info = np.finfo(np.float64 if dtype == tf.float64 else
                     np.float16 if dtype == tf.float16 else np.float32)
     if dtype == tf.bfloat16:
@@ -275,8 +295,6 @@ def test_extreme_values_every_activation(spec, dtype):
         grid = np.geomspace(tiny, largest, 200)
     magnitudes = np.concatenate([grid[np.isfinite(grid)], [largest, tiny, np.inf]])
     values = np.concatenate([-magnitudes, [0.0, -0.0, np.nan], magnitudes])
-    params = {name: (0.5 if name == "threshold" else -1.0 if name == "default_value" else
-                     default) for name, default in spec.params}
     params = spec.bind(params)
     x = tf.cast(tf.constant(values), dtype)
     x, y, d = nestad_value_and_gradient(x, spec.name, params, "kernel")

@@ -23,8 +23,10 @@ struct Squareplus {
     const T bb = T(b), ax = Abs(x);
     const T r = ax > T(1) ? ax * Sqrt(T(1) + (bb / ax) / ax) : Sqrt(x * x + bb);
     const T x_over_r = r == T(0) ? T(1) : (IsInf(x) ? T(1) : x / r);
-    y = x >= T(0) ? T(0.5) * x + T(0.5) * r : T(0.5) * bb / (r - x);
-    d = x >= T(0) ? T(0.5) * (T(1) + x_over_r) : T(0.5) * bb / (r * (r - x));
+    // b = 0, x < 0: exactly 0 (r * (r - x) = 2x^2 underflows to 0 for tiny x: no 0/0).
+    const bool zero = bb == T(0);
+    y = x >= T(0) ? T(0.5) * x + T(0.5) * r : (zero ? T(0) : T(0.5) * bb / (r - x));
+    d = x >= T(0) ? T(0.5) * (T(1) + x_over_r) : (zero ? T(0) : T(0.5) * bb / (r * (r - x)));
   }
 
   // f' from the output y alone: x = y - b/(4y), so f' = 4y^2 / (4y^2 + b) (b > 0).
