@@ -106,8 +106,9 @@ def _positive_finite(value, name):
 @pytest.mark.subprocess
 def test_model_cli_smoke(tmp_path):
     out = tmp_path / "model.json"
-    completed = _run_cli(["model", "--model", "mlp", "--batch", "8", "--size", "16",
-                          "--modes", "keras,recompute,nestad,floor", "--xla", "both",
+    # small, but big enough that TF's CPU allocator counts its tensors (a width-16 MLP reads 0 B)
+    completed = _run_cli(["model", "--model", "mlp", "--batch", "32", "--size", "256",
+                          "--mlp-depth", "2", "--modes", "keras,recompute,nestad,floor", "--xla", "both",
                           "--steps", "2", "--warmup", "1", "--json", str(out)], tmp_path)
     document = json.loads(out.read_text())
     assert (tmp_path / "model.png").stat().st_size > 0

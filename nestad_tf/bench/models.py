@@ -227,10 +227,12 @@ def all_activations() -> Tuple[str, ...]:
 
 def switch_activation(model, old: str, new: str):
     """The model with every `old` activation replaced by Keras' `new` (e.g. silu -> mish)."""
+    import keras  # pylint: disable=g-import-not-at-top
+
     import nestad_tf  # pylint: disable=g-import-not-at-top
 
-    return nestad_tf.convert(model, include=[old],
-                           replace_with=lambda _name, _params: KerasActivation(new, {}))
+    function = getattr(keras.activations, new)  # Keras' own: the model stays a plain Keras model
+    return nestad_tf.convert(model, include=[old], replace_with=lambda _name, _params: function)
 
 
 def apply_mode(model, mode: str):

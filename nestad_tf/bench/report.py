@@ -88,9 +88,10 @@ def model_comparisons(table) -> Dict[str, Dict[str, Dict[str, float]]]:
             keras_xla = xla.get("keras")
             ours = graph.get(mode)
             if _ok(keras_xla) and _ok(ours):
-                cross[f"time {mode}(graph)/keras(xla)"] = (ours["step_median_seconds"]
-                                                          / keras_xla["step_median_seconds"])
-                cross[f"peak {mode}(graph)/keras(xla)"] = ours["peak_bytes"] / keras_xla["peak_bytes"]
+                for metric, key in (("time", "step_median_seconds"), ("peak", "peak_bytes")):
+                    value = _targets.ratio(ours[key], keras_xla[key])
+                    if value is not None:
+                        cross[f"{metric} {mode}(graph)/keras(xla)"] = value
         if cross:
             out[model]["graph_vs_xla"] = cross
     return out
@@ -98,6 +99,10 @@ def model_comparisons(table) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 def _ok(run: Optional[dict]) -> bool:
     return run is not None and run.get("status") == "ok"
+
+
+def _fmt_ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _mib(value, digits=1) -> str:
@@ -126,8 +131,9 @@ def model_table(table, comparisons) -> str:
                     continue
                 peak_ratio = time_ratio = "-"
                 if _ok(keras_run):
-                    peak_ratio = f"{keras_run['peak_bytes'] / run['peak_bytes']:.2f}"
-                    time_ratio = f"{run['step_median_seconds'] / keras_run['step_median_seconds']:.2f}"
+                    peak_ratio = _fmt_ratio(_targets.ratio(keras_run["peak_bytes"], run["peak_bytes"]))
+                    time_ratio = _fmt_ratio(_targets.ratio(run["step_median_seconds"],
+                                                           keras_run["step_median_seconds"]))
                 step = (f"{run['step_median_seconds']:.3f} ({run['step_min_seconds']:.3f}-"
                         f"{run['step_max_seconds']:.3f})")
                 summary = run.get("activations", {})

@@ -43,7 +43,8 @@ KERNEL_TARGET = 0.9  # fused forward and backward >= 90% of the copy bandwidth
 KERNEL_TARGET_ACTIVATIONS = ("silu", "gelu", "mish")
 
 
-def _ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    """numerator / denominator, or None when either is missing or the denominator is not positive."""
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
@@ -67,7 +68,7 @@ def comparisons(figures: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     for metric in ("peak", "activation", "time"):
         for a, b in pairs:
             if a in figures and b in figures:
-                value = _ratio(figures[a].get(metric), figures[b].get(metric))
+                value = ratio(figures[a].get(metric), figures[b].get(metric))
                 if value is not None:
                     out[f"{metric} {a}/{b}"] = value
     return out

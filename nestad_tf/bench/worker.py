@@ -166,8 +166,19 @@ def versions():
         "numpy": numpy.__version__,
         "nestad_tf": nestad_tf.__version__,
         "nestad_kernels": info["reason"],
+        "nestad_kernel_library": _file_stamp(info["library"]),
         "nestad_commit": _git_commit(),
     }
+
+
+def _file_stamp(path):
+    """Path, size and modification time of the kernel library (rebuilds show up here)."""
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return {"path": path, "bytes": stat.st_size,
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stat.st_mtime))}
 
 
 def _git_commit():
