@@ -10,12 +10,17 @@ run inside `tf.custom_gradient` on `tf.stop_gradient(x)`, so neither TF's tape
 nor a `tf.function` gradient graph keeps x or any intermediate of f: only d
 (and y, when the next layer needs it anyway).
 
-Higher-order gradients: d is linked back to x through a small custom-gradient
-identity whose own gradient is f''(x) (TF autodiff of the reference). In a
-`tf.function` that costs nothing unless a second-order gradient is actually
-built. In eager mode the link cannot hold x without keeping it alive for every
-call, so there a second-order gradient raises `SecondOrderGradientError`
-instead of silently returning zero.
+What the kernel path keeps is chosen by `derivative=` (see storage.py): f'(x)
+itself ("full"), nothing beyond y (f' recomputed from y), or packed codes.
+
+Higher-order gradients: with f'(x) kept, d is linked back to x through a small
+custom-gradient identity whose own gradient is f''(x) (TF autodiff of the
+reference). In a `tf.function` that costs nothing unless a second-order
+gradient is actually built. In eager mode the link cannot hold x without
+keeping it alive for every call, so there a second-order gradient raises
+`SecondOrderGradientError` instead of silently returning zero. Piecewise-linear
+activations need no f'' (it is 0); for f' recomputed from y or compressed, the
+f'' term cannot be formed and a second-order gradient raises as well.
 """
 
 import contextlib
