@@ -164,7 +164,7 @@ def test_kernel_cli_smoke(tmp_path):
             for name, figure in result[direction].items():
                 assert figure["bytes"] == 12 * 65536
                 for field in ("gb_per_s", "median_seconds", "min_seconds", "max_seconds",
-                              "fraction_of_copy", "fraction_of_same_pattern"):
+                              "fraction_of_copy", "fraction_of_copy_2to1"):
                     _positive_finite(figure[field], f"{direction} {name} {field}")
     assert {(t["activation"], t["direction"]) for t in document["targets"]} == {
         (a, d) for a in ("mish", "gelu") for d in ("forward", "backward")}

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classes of image models (default: %(default)s)")
     model.add_argument("--threads", type=int, default=0,
                        help="intra-op threads (default 0: TensorFlow's choice)")
+    model.add_argument("--inter-threads", type=int, default=0,
+                       help="inter-op threads (default 0: TensorFlow's choice; 1 runs ops one at a "
+                            "time, which did not make the peak repeatable here)")
     model.add_argument("--timeout", type=float, default=3600,
                        help="seconds allowed per run before it is recorded as failed")
     _add_outputs(model, "model")
@@ -252,6 +255,7 @@ def run_models(args) -> dict:
                              "slope_batch": slope_batch or None, "size": size,
                              "steps": args.steps, "warmup": args.warmup,
                              "optimizer": args.optimizer, "intra_threads": args.threads,
+                             "inter_threads": args.inter_threads,
                              "options": {"bert_layers": args.bert_layers,
                                          "mlp_depth": args.mlp_depth, "classes": args.classes}})
     started = time.monotonic()
