@@ -402,9 +402,9 @@ def _forward_pass(name, fn, x, thetas: Dict[str, tf.Tensor]):
     zero = tf.UnconnectedGradients.ZERO
     try:
         with contextlib.ExitStack() as stack:
-            along_x = stack.enter_context(tf.autodiff.ForwardAccumulator(xc, tf.ones_like(xc)))
+            along_x = stack.enter_context(tf.autodiff.ForwardAccumulator(xc, ops.unit_tangent(xc)))
             along_thetas = [
-                stack.enter_context(tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)))
+                stack.enter_context(tf.autodiff.ForwardAccumulator(t, ops.unit_tangent(t)))
                 for t in thetas_c.values()
             ]
             y = tf.convert_to_tensor(fn(xc, **thetas_c))

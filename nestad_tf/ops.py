@@ -142,6 +142,19 @@ def _compute_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
+def unit_tangent(x: tf.Tensor) -> tf.Tensor:
+    """ones_like(x) that Grappler cannot fold into a constant held by the graph.
+
+    With a static shape, `tf.ones_like(x)` is constant-folded into an x-sized
+    constant (up to 10 MiB) that the function keeps for its lifetime: one
+    activation-sized tensor per layer on the forward-mode AD path. A scalar
+    `placeholder_with_default` is never folded, so the fill happens at run time
+    and is freed after use.
+    """
+    one = tf.compat.v1.placeholder_with_default(tf.constant(1, x.dtype), shape=[])
+    return tf.fill(tf.shape(x), one)
+
+
 def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """(fn(x), fn'(x)) of an element-wise `fn`, by forward-mode AD with a unit tangent.
 
@@ -150,7 +163,7 @@ def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.T
     compute = _compute_dtype(x.dtype)
     xc = tf.cast(x, compute)
     try:
-        with tf.autodiff.ForwardAccumulator(primals=xc, tangents=tf.ones_like(xc)) as accumulator:
+        with tf.autodiff.ForwardAccumulator(primals=xc, tangents=unit_tangent(xc)) as accumulator:
             y = tf.convert_to_tensor(fn(xc))
         d = accumulator.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     except LookupError:
