@@ -19,6 +19,8 @@ Modes (what the activations become; everything else is the same model):
                  replaces only activations where nestad keeps fewer bytes
     nestad-tf    the same with the pure-TF (forward-mode AD) backend
     nestad-all   nestad_tf.convert(model, include=<every activation>, backend="kernel")
+    nestad-<d>   nestad with f' kept as derivative=<d>: nestad-full, nestad-bfloat16,
+                 nestad-uint8, nestad-bits4 ... nestad-bits1 (see nestad_tf.storage)
     floor        every activation replaced by the identity: the memory that no
                  activation scheme can go below
 
@@ -30,7 +32,9 @@ import dataclasses
 import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
-MODES = ("keras", "recompute", "nestad", "nestad-tf", "nestad-all", "floor")
+STORAGE_MODES = tuple(f"nestad-{d}" for d in ("full", "bfloat16", "uint8", "bits4", "bits3",
+                                                "bits2", "bits1"))
+MODES = ("keras", "recompute", "nestad", "nestad-tf", "nestad-all", "floor") + STORAGE_MODES
 DEFAULT_MODES = ("keras", "recompute", "nestad", "nestad-tf", "floor")
 
 
@@ -247,6 +251,8 @@ def apply_mode(model, mode: str):
         return nestad_tf.convert(model, backend="tf")
     if mode == "nestad-all":
         return nestad_tf.convert(model, include=all_activations(), backend="kernel")
+    if mode in STORAGE_MODES:
+        return nestad_tf.convert(model, backend="kernel", derivative=mode[len("nestad-"):])
     if mode == "recompute":
         return nestad_tf.convert(model, include=all_activations(), replace_with=RecomputedActivation)
     if mode == "floor":
@@ -257,7 +263,7 @@ def apply_mode(model, mode: str):
 
 def runs_under_xla(mode: str) -> Optional[str]:
     """None if `mode` can be compiled by XLA, else why not."""
-    if mode in ("nestad", "nestad-all"):
+    if mode in ("nestad", "nestad-all") + STORAGE_MODES:
         return ("the fused kernel is a custom op without an XLA implementation; under XLA "
                 "nestad's backend='auto' runs the pure-TF path, which is the nestad-tf mode")
     return None

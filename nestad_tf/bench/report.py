@@ -112,7 +112,7 @@ def _mib(value, digits=1) -> str:
 def model_table(table, comparisons) -> str:
     """The stdout table of a model run."""
     lines = []
-    header = (f"{'mode':<11} {'XLA':<4} {'peak MiB':>9} {'x keras':>8} {'act MiB':>8} "
+    header = (f"{'mode':<15} {'XLA':<4} {'peak MiB':>9} {'x keras':>8} {'act MiB':>8} "
               f"{'resid MiB':>9} {'MiB/sample':>10} {'act/sample':>10} {'step s (min-max)':>22} "
               f"{'x keras':>8}  activations rewritten")
     for model, settings in table.items():
@@ -127,7 +127,7 @@ def model_table(table, comparisons) -> str:
             for mode, run in modes.items():
                 xla = "on" if setting == "xla" else "off"
                 if run.get("status") != "ok":
-                    lines.append(f"{mode:<11} {xla:<4} {run.get('status')}: {run.get('reason', '')}")
+                    lines.append(f"{mode:<15} {xla:<4} {run.get('status')}: {run.get('reason', '')}")
                     continue
                 peak_ratio = time_ratio = "-"
                 if _ok(keras_run):
@@ -139,7 +139,7 @@ def model_table(table, comparisons) -> str:
                 summary = run.get("activations", {})
                 acts = f"{summary.get('replaced', 0)}/{summary.get('total', 0)}"
                 lines.append(
-                    f"{mode:<11} {xla:<4} {_mib(run['peak_bytes']):>9} {peak_ratio:>8} "
+                    f"{mode:<15} {xla:<4} {_mib(run['peak_bytes']):>9} {peak_ratio:>8} "
                     f"{_mib(run.get('activation_bytes')):>8} {_mib(run['resident_bytes']):>9} "
                     f"{_mib(run.get('peak_bytes_per_sample'), 2):>10} "
                     f"{_mib(run.get('activation_bytes_per_sample'), 2):>10} {step:>22} "
