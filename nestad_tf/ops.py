@@ -195,44 +195,36 @@ def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.
     return tf.cast(d2, x.dtype)
 
 
+_NO_F_PRIME = (
+    "a second-order gradient through a nestad activation whose derivative is stored "
+    "compressed or recovered from its output cannot be computed; pass derivative='full' to "
+    "keep f'(x) itself (second-order gradients are then correct inside a tf.function)."
+)
+_EAGER_NO_X = (
+    "a second-order gradient through a nestad activation was requested in eager mode, where "
+    "nestad keeps only f'(x) and not x. Compute it inside a tf.function (where f''(x) is "
+    "derived from x), or use the Keras activation."
+)
+
+
 def _link_to_input(x, d, second: Optional[Callable[[tf.Tensor], tf.Tensor]]):
-    """Returns d, connected to x for higher-order autodiff (gradient f''(x); see module doc)."""
-    if second is None:
-        @tf.custom_gradient
-        def link(x, d):  # pylint: disable=unused-argument
-            def grad(upstream):  # pylint: disable=unused-argument
-                raise SecondOrderGradientError(
-                    "a second-order gradient through a nestad activation whose derivative is "
-                    "stored compressed or recovered from its output cannot be computed; pass "
-                    "derivative='full' to keep f'(x) itself (second-order gradients are then "
-                    "correct inside a tf.function)."
-                )
+    """Returns d, connected to x for higher-order autodiff (gradient f''(x); see module doc).
 
-            return tf.identity(d), grad
+    The eager tape keeps whatever the chosen gradient closes over for as long as
+    the tape lives, so only the graph-mode gradient refers to x; in a graph x is
+    symbolic and costs nothing unless a second-order gradient is built.
+    """
+    error = _NO_F_PRIME if second is None else _EAGER_NO_X if tf.executing_eagerly() else None
 
-    elif tf.executing_eagerly():
-        # The eager tape keeps whatever this gradient closes over, for as long as
-        # the tape lives: it must not reference x.
-        @tf.custom_gradient
-        def link(x, d):  # pylint: disable=unused-argument
-            def grad(upstream):  # pylint: disable=unused-argument
-                raise SecondOrderGradientError(
-                    "a second-order gradient through a nestad activation was requested in eager "
-                    "mode, where nestad keeps only f'(x) and not x. Compute it inside a "
-                    "tf.function (where f''(x) is derived from x), or use the Keras activation."
-                )
+    @tf.custom_gradient
+    def link(x, d):  # pylint: disable=unused-argument
+        def refuse(upstream):  # pylint: disable=unused-argument
+            raise SecondOrderGradientError(error)
 
-            return tf.identity(d), grad
+        def second_order(upstream):
+            return upstream * second(x), None
 
-    else:
-        # In a graph, x is a symbolic tensor: referencing it costs nothing unless a
-        # second-order gradient is actually built.
-        @tf.custom_gradient
-        def link(x, d):  # pylint: disable=unused-argument
-            def grad(upstream):
-                return upstream * second(x), None
-
-            return tf.identity(d), grad
+        return tf.identity(d), refuse if error else second_order
 
     return link(x, d)
 

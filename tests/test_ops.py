@@ -99,28 +99,27 @@ def test_kernel_backend_under_xla_is_a_clear_error_and_auto_falls_back():
         forced(x)
 
 
+@tf.function
+def gradient_and_its_gradient(fn, x):
+    """(d fn(x)/dx, d/dx of that), by nested tapes in a tf.function (fn element-wise)."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = fn(x)
+        g = inner.gradient(y, x)
+    return g, outer.gradient(g, x)
+
+
 @pytest.mark.parametrize("backend", ["kernel", "tf"])
 @pytest.mark.parametrize("name", ["gelu", "mish", "tanh", "softplus"])
 def test_second_order_in_tf_function_is_correct(name, backend):
     x = tf.linspace(-4.0, 4.0, 33)
     reference = nestad_tf.registry.get(name).reference
 
-    def hessian_diag(fn):
-        @tf.function
-        def run(x):
-            with tf.GradientTape() as outer:
-                outer.watch(x)
-                with tf.GradientTape() as inner:
-                    inner.watch(x)
-                    y = fn(x)
-                g = inner.gradient(y, x)
-            return outer.gradient(g, x)
-
-        return run(x)
-
-    expected = hessian_diag(reference)
-    actual = hessian_diag(lambda t: nestad_tf.activation(t, name, backend=backend,
-                                                         derivative="full"))
+    _, expected = gradient_and_its_gradient(reference, x)
+    _, actual = gradient_and_its_gradient(
+        lambda t: nestad_tf.activation(t, name, backend=backend, derivative="full"), x)
     assert np.abs(expected).max() > 0.1  # the check is not vacuous
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
 
@@ -130,18 +129,9 @@ def test_second_order_in_tf_function_is_correct(name, backend):
 def test_second_order_through_compressed_or_output_storage_is_a_clear_error(name, derivative):
     x = tf.linspace(-2.0, 2.0, 9)
 
-    @tf.function
-    def run(x):
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                y = nestad_tf.activation(x, name, backend="kernel", derivative=derivative)
-            g = inner.gradient(y, x)
-        return outer.gradient(g, x)
-
     with pytest.raises(nestad_tf.SecondOrderGradientError, match="derivative='full'"):
-        run(x)
+        gradient_and_its_gradient(
+            lambda t: nestad_tf.activation(t, name, backend="kernel", derivative=derivative), x)
 
 
 @pytest.mark.parametrize("name,params", [("relu", {}), ("relu6", {}), ("hard_tanh", {}),
@@ -150,17 +140,9 @@ def test_second_order_through_compressed_or_output_storage_is_a_clear_error(name
 def test_second_order_of_piecewise_linear_activations_is_zero_not_an_error(name, params):
     x = tf.constant([-2.5, -0.7, 0.3, 2.2, 5.1])
 
-    @tf.function
-    def run(x):
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                y = nestad_tf.activation(x, name, backend="kernel", **params) * x
-            g = inner.gradient(y, x)  # f'(x) x + f(x): its derivative is 2 f'(x) + x f''(x)
-        return g, outer.gradient(g, x)
-
-    g, h = run(x)
+    # g = f'(x) x + f(x), whose derivative is 2 f'(x) + x f''(x) = 2 f'(x) here.
+    g, h = gradient_and_its_gradient(
+        lambda t: nestad_tf.activation(t, name, backend="kernel", **params) * t, x)
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = nestad_tf.registry.get(name).reference(x, **params)
