@@ -6,9 +6,11 @@ short pattern, so the output takes over the input's buffer) with shapes unknown 
 trace time (so Grappler folds no 4 GiB constant). Every element is then checked, in
 chunks, against the Keras reference of its pattern value, and dx against 2 f'.
 
-The > 2^31 case needs ~10 GiB of free memory and a few minutes: it is marked slow
-and runs only with NESTAD_TF_LARGE_TESTS=1 (before each release, and in CI where the
-runner has >= 16 GiB). The same code runs on a 16.8M-element tensor in every suite.
+The > 2^31 case needs ~10 GiB of memory (10.2 GB peak RSS, about a minute on 2
+idle cores): it is marked slow and runs whenever at least 16 GiB are available
+(CI's 24 GiB machines), or when NESTAD_TF_LARGE_TESTS=1 forces it;
+NESTAD_TF_SKIP_LARGE_TESTS=1 skips it. The same code runs on a 16.8M-element
+tensor in every suite.
 """
 
 import json
@@ -69,7 +71,7 @@ CHILD = textwrap.dedent(
 
     started = time.time()
     y, d = forward(pattern, rows)
-    n = int(tf.size(y))
+    n = int(tf.size(y, out_type=tf.int64))  # int32 would wrap past 2^31
     forward_s = time.time() - started
     y_ref, d_ref, _ = expected_y_d(name, {}, pattern)
     check(y, y_ref, "y")
@@ -112,8 +114,23 @@ def test_forward_and_backward_every_element_16m_bfloat16():
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.skipif(not os.environ.get("NESTAD_TF_LARGE_TESTS"),
-                    reason="needs ~10 GiB; set NESTAD_TF_LARGE_TESTS=1 (run before each release)")
+def _available_gib():
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+_RUN_LARGE = not os.environ.get("NESTAD_TF_SKIP_LARGE_TESTS") and (
+    os.environ.get("NESTAD_TF_LARGE_TESTS") or _available_gib() >= 16)
+
+
+@pytest.mark.skipif(not _RUN_LARGE, reason="needs ~10 GiB: runs when >= 16 GiB are available "
+                    "or NESTAD_TF_LARGE_TESTS=1")
 def test_forward_and_backward_more_than_2_pow_31_elements_bfloat16():
     run = _run("mish", LARGE)
     assert run["elements"] == LARGE * PATTERN > 2**31
