@@ -210,8 +210,9 @@ def _relu_kernel(negative_slope, max_value, threshold):
 
 
 def _celu_kernel(alpha):
-    if alpha == 0:
-        raise ValueError("celu: alpha must be non-zero (celu divides x by alpha)")
+    if abs(alpha) < 2.0 ** -126:  # zero, or subnormal: zero to kernels that flush subnormals
+        raise ValueError("celu: alpha must be non-zero and at least 1.2e-38 in magnitude "
+                         f"(celu divides x by alpha), got alpha={alpha}")
     return "celu", [alpha]
 
 
@@ -219,6 +220,11 @@ def _squareplus_kernel(b):
     if b < 0 or math.isinf(b):
         raise ValueError(f"squareplus: b must be finite and >= 0, got b={b}")
     return "squareplus", [b]
+
+
+def _positive(value) -> bool:
+    """value > 0 as the kernels see it: they run with subnormals flushed to zero."""
+    return value >= 2.0 ** -126  # the smallest normal float32
 
 
 def _relu_storage(negative_slope, max_value, threshold):
@@ -238,11 +244,11 @@ def _relu_breakpoints(negative_slope, max_value, threshold):
 _builtin("celu", "x if x > 0 else alpha * (exp(x / alpha) - 1)",
          params=[("alpha", 1.0)], kernel=_celu_kernel,
          breakpoints=lambda **_: (0.0,),
-         storage=lambda alpha: "output" if alpha > 0 else "full")
+         storage=lambda alpha: "output" if _positive(alpha) else "full")
 _builtin("elu", "x if x > 0 else alpha * (exp(x) - 1)",
          params=[("alpha", 1.0)], kernel=lambda alpha: ("elu", [alpha]),
          breakpoints=lambda **_: (0.0,),
-         storage=lambda alpha: "output" if alpha > 0 else "full")
+         storage=lambda alpha: "output" if _positive(alpha) else "full")
 _builtin("exponential", "exp(x)",
          storage="output")
 _builtin("gelu", "x * Phi(x) (Phi: standard normal CDF); tanh approximation if approximate",
@@ -263,7 +269,7 @@ _builtin("leaky_relu", "x if x > 0 else negative_slope * x",
          kernel=lambda negative_slope: ("leaky_relu", [negative_slope]),
          breakpoints=lambda **_: (0.0,),
          storage=lambda negative_slope: (
-             "output" if negative_slope > 0 else ("levels", (1.0, negative_slope))))
+             "output" if _positive(negative_slope) else ("levels", (1.0, negative_slope))))
 _builtin("linear", "x",
          storage="output")
 _builtin("log_sigmoid", "log(sigmoid(x))",
@@ -297,7 +303,7 @@ _builtin("sparse_sigmoid", "0 if x <= -1, (x + 1) / 2 if -1 < x < 1, 1 if x >= 1
 _builtin("squareplus", "(x + sqrt(x^2 + b)) / 2",
          params=[("b", 4.0)], kernel=_squareplus_kernel,
          breakpoints=lambda b: (0.0,) if b == 0 else (),
-         storage=lambda b: "output" if b > 0 else "full")  # b = 0: relu
+         storage=lambda b: "output" if _positive(b) else "full")  # b = 0: relu
 _builtin("tanh", "tanh(x)",
          storage="output")
 _builtin("tanh_shrink", "x - tanh(x)")
