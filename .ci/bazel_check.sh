@@ -9,7 +9,7 @@
 # 2. bazel build //:_nestad_ops.so against the TensorFlow of $PYTHON (default:
 #    python3 on PATH); the output stays in Bazel's output base (~/.cache/bazel),
 #    no bazel-* links are created in the checkout.
-# 3. Runs Nestad>FusedActivation (mish, gelu, gelu_approximate; half, bfloat16,
+# 3. Runs FusedActivation (mish, gelu, gelu_approximate; half, bfloat16,
 #    float, double) on a few hundred values, once with the setup.py library
 #    (nestad_tf._loader.load().module) and once with the Bazel one
 #    (tf.load_op_library), in two processes (the two libraries register the same
@@ -90,7 +90,7 @@ def run_all(library):
     for activation in ACTIVATIONS:
         for dtype in DTYPES:
             x = tf.cast(tf.constant(VALUES, tf.float64), dtype)
-            y, derivative = library.nestad_fused_activation(x, activation=activation, params=[])
+            y, derivative = library.import_nestad_tf_fused_activation(x, activation=activation, params=[])
             for name, tensor in (("y", y), ("derivative", derivative)):
                 array = tensor.numpy()
                 results[f"{activation}/{dtype.name}/{name}"] = array.view(BITS[array.itemsize])

@@ -1,6 +1,6 @@
 // TensorFlow ops and CPU kernels of the fused activation pair:
-//   Nestad>FusedActivation:     x -> (y = f(x), derivative = f'(x)), one pass over memory;
-//   Nestad>FusedActivationGrad: (dy, derivative) -> dx = dy * derivative.
+//   FusedActivation:     x -> (y = f(x), derivative = f'(x)), one pass over memory;
+//   FusedActivationGrad: (dy, derivative) -> dx = dy * derivative.
 // The activation is an attribute; its f and f' come from kernels/activations/.
 #include <string>
 #include <vector>
@@ -21,7 +21,7 @@ using ::tensorflow::Tensor;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
-REGISTER_OP("Nestad>FusedActivation")
+REGISTER_OP(NESTAD_OP("FusedActivation"))
     .Input("x: T")
     .Output("y: T")
     .Output("derivative: T")
@@ -40,7 +40,7 @@ activation: kernel name of the activation (see kernels/activations.def).
 params: the activation's parameters, in the order its functor reads them.
 )doc");
 
-REGISTER_OP("Nestad>FusedActivationGrad")
+REGISTER_OP(NESTAD_OP("FusedActivationGrad"))
     .Input("dy: T")
     .Input("derivative: T")
     .Output("dx: T")
@@ -50,13 +50,13 @@ REGISTER_OP("Nestad>FusedActivationGrad")
       absl::Status status = c->Merge(c->input(0), c->input(1), &merged);
       if (!status.ok()) {
         return absl::InvalidArgumentError(
-            "Nestad>FusedActivationGrad: dy and derivative must have the same shape, got " +
+            NESTAD_OP("FusedActivationGrad") ": dy and derivative must have the same shape, got " +
             c->DebugString(c->input(0)) + " and " + c->DebugString(c->input(1)));
       }
       c->set_output(0, merged);
       return absl::OkStatus();
     })
-    .Doc("Backward pass of Nestad>FusedActivation: dx = dy * derivative.");
+    .Doc("Backward pass of FusedActivation: dx = dy * derivative.");
 
 template <typename S>
 NESTAD_CPU_CLONES void BackwardRange(const S* dy, const S* d, S* dx, int64_t begin,
@@ -68,7 +68,7 @@ template <typename S>
 class FusedActivationOp : public OpKernel {
  public:
   explicit FusedActivationOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivation"));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("FusedActivation")));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -103,7 +103,7 @@ class FusedActivationGradOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& d = ctx->input(1);
-    OP_REQUIRES_OK(ctx, SameShape("Nestad>FusedActivationGrad", "dy", dy, "derivative", d));
+    OP_REQUIRES_OK(ctx, SameShape(NESTAD_OP("FusedActivationGrad"), "dy", dy, "derivative", d));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
     const int64_t n = dy.NumElements();
@@ -119,9 +119,9 @@ class FusedActivationGradOp : public OpKernel {
 
 #define NESTAD_REGISTER_CPU(S)                                                          \
   REGISTER_KERNEL_BUILDER(                                                              \
-      Name("Nestad>FusedActivation").Device(::tensorflow::DEVICE_CPU).TypeConstraint<S>("T"), \
+      Name(NESTAD_OP("FusedActivation")).Device(::tensorflow::DEVICE_CPU).TypeConstraint<S>("T"), \
       FusedActivationOp<S>);                                                            \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>FusedActivationGrad")                            \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("FusedActivationGrad"))                            \
                               .Device(::tensorflow::DEVICE_CPU)                         \
                               .TypeConstraint<S>("T"),                                  \
                           FusedActivationGradOp<S>);

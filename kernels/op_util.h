@@ -9,6 +9,15 @@
 #include "fused_activation.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
+// Every op's full name: NESTAD_OP("FusedActivation") is
+// "Import_nestad_tf>FusedActivation". The namespace reads as the fix on purpose:
+// a graph holding these ops (a training-capable SavedModel) loaded in a process
+// that has not imported nestad_tf fails inside TensorFlow with "Op type not
+// registered 'Import_nestad_tf>...'", the only text of ours that reaches that
+// message. nestad_tf/_loader.py OP_NAMESPACE must say the same.
+#define NESTAD_OP_NAMESPACE "Import_nestad_tf"
+#define NESTAD_OP(name) NESTAD_OP_NAMESPACE ">" name
+
 namespace nestad {
 
 // The `activation` and `params` attributes, validated.

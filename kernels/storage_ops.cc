@@ -1,8 +1,8 @@
 // TF ops and CPU kernels for the cheaper storage forms of f'(x):
-//   Nestad>ActivationForward:          x -> y (no f'; for activations whose f' comes from y)
-//   Nestad>ActivationGradFromOutput:   (dy, y) -> dx = dy * f'(x), f' recovered from y
-//   Nestad>FusedActivationQuantized:   x -> (y, code): f' packed (see storage.h)
-//   Nestad>ActivationGradQuantized:    (dy, code) -> dx, decoding on the fly
+//   ActivationForward:          x -> y (no f'; for activations whose f' comes from y)
+//   ActivationGradFromOutput:   (dy, y) -> dx = dy * f'(x), f' recovered from y
+//   FusedActivationQuantized:   x -> (y, code): f' packed (see storage.h)
+//   ActivationGradQuantized:    (dy, code) -> dx, decoding on the fly
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -36,7 +36,7 @@ absl::Status MergeSameShape(InferenceContext* c, const char* op, const char* a, 
   return absl::OkStatus();
 }
 
-REGISTER_OP("Nestad>ActivationForward")
+REGISTER_OP(NESTAD_OP("ActivationForward"))
     .Input("x: T")
     .Output("y: T")
     .Attr("T: {half, bfloat16, float, double}")
@@ -48,7 +48,7 @@ REGISTER_OP("Nestad>ActivationForward")
     })
     .Doc("y = f(x) alone, for activations whose derivative is recovered from y.");
 
-REGISTER_OP("Nestad>ActivationGradFromOutput")
+REGISTER_OP(NESTAD_OP("ActivationGradFromOutput"))
     .Input("dy: T")
     .Input("y: T")
     .Output("dx: T")
@@ -56,11 +56,11 @@ REGISTER_OP("Nestad>ActivationGradFromOutput")
     .Attr("activation: string")
     .Attr("params: list(float) = []")
     .SetShapeFn([](InferenceContext* c) {
-      return MergeSameShape(c, "Nestad>ActivationGradFromOutput", "dy", "y");
+      return MergeSameShape(c, NESTAD_OP("ActivationGradFromOutput"), "dy", "y");
     })
     .Doc("dx = dy * f'(x), with f'(x) computed from the output y = f(x).");
 
-REGISTER_OP("Nestad>FusedActivationQuantized")
+REGISTER_OP(NESTAD_OP("FusedActivationQuantized"))
     .Input("x: T")
     .Output("y: T")
     .Output("code: uint8")
@@ -82,7 +82,7 @@ REGISTER_OP("Nestad>FusedActivationQuantized")
     })
     .Doc("y = f(x) and f'(x) packed into `bits` bits per element (kernels/storage.h).");
 
-REGISTER_OP("Nestad>ActivationGradQuantized")
+REGISTER_OP(NESTAD_OP("ActivationGradQuantized"))
     .Input("dy: T")
     .Input("code: uint8")
     .Output("dx: T")
@@ -96,7 +96,7 @@ REGISTER_OP("Nestad>ActivationGradQuantized")
       c->set_output(0, c->input(0));
       return absl::OkStatus();
     })
-    .Doc("dx = dy * f'(x), decoding f'(x) from the packed codes of Nestad>FusedActivationQuantized.");
+    .Doc("dx = dy * f'(x), decoding f'(x) from the packed codes of FusedActivationQuantized.");
 
 absl::Status ReadQuantizer(OpKernelConstruction* ctx, const std::string& op_name, Quantizer* q) {
   std::string format;
@@ -161,7 +161,7 @@ template <typename S>
 class ActivationForwardOp : public OpKernel {
  public:
   explicit ActivationForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>ActivationForward"));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("ActivationForward")));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -186,7 +186,7 @@ template <typename S>
 class ActivationGradFromOutputOp : public OpKernel {
  public:
   explicit ActivationGradFromOutputOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>ActivationGradFromOutput"));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("ActivationGradFromOutput")));
     const bool supported = VisitActivation(attrs_.kind, attrs_.params.data(), [](auto f) {
       if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
         return f.HasDerivativeFromOutput();
@@ -196,7 +196,7 @@ class ActivationGradFromOutputOp : public OpKernel {
     });
     OP_REQUIRES(ctx, supported,
                 absl::InvalidArgumentError(
-                    "Nestad>ActivationGradFromOutput: f' of '" +
+                    NESTAD_OP("ActivationGradFromOutput") ": f' of '" +
                     std::string(Info(attrs_.kind).name) +
                     "' cannot be recovered from its output with these parameters"));
   }
@@ -204,7 +204,7 @@ class ActivationGradFromOutputOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& y = ctx->input(1);
-    OP_REQUIRES_OK(ctx, SameShape("Nestad>ActivationGradFromOutput", "dy", dy, "y", y));
+    OP_REQUIRES_OK(ctx, SameShape(NESTAD_OP("ActivationGradFromOutput"), "dy", dy, "y", y));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
     const S* dyp = dy.flat<S>().data();
@@ -228,8 +228,8 @@ template <typename S>
 class FusedActivationQuantizedOp : public OpKernel {
  public:
   explicit FusedActivationQuantizedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivationQuantized"));
-    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, "Nestad>FusedActivationQuantized", &quantizer_));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("FusedActivationQuantized")));
+    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, NESTAD_OP("FusedActivationQuantized"), &quantizer_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -260,7 +260,7 @@ template <typename S>
 class ActivationGradQuantizedOp : public OpKernel {
  public:
   explicit ActivationGradQuantizedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, "Nestad>ActivationGradQuantized", &quantizer_));
+    OP_REQUIRES_OK(ctx, ReadQuantizer(ctx, NESTAD_OP("ActivationGradQuantized"), &quantizer_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -269,7 +269,7 @@ class ActivationGradQuantizedOp : public OpKernel {
     const int64_t n = dy.NumElements();
     OP_REQUIRES(ctx, code.dims() == 1 && code.NumElements() == PackedBytes(n, quantizer_.bits),
                 absl::InvalidArgumentError(
-                    "Nestad>ActivationGradQuantized: code must be a vector of " +
+                    NESTAD_OP("ActivationGradQuantized") ": code must be a vector of " +
                     std::to_string(PackedBytes(n, quantizer_.bits)) + " bytes for " +
                     std::to_string(n) + " elements at " + std::to_string(quantizer_.bits) +
                     " bits, got shape " + code.shape().DebugString()));
@@ -288,19 +288,19 @@ class ActivationGradQuantizedOp : public OpKernel {
 };
 
 #define NESTAD_REGISTER_STORAGE_CPU(S)                                                      \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationForward")                                  \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationForward"))                                  \
                               .Device(::tensorflow::DEVICE_CPU)                             \
                               .TypeConstraint<S>("T"),                                      \
                           ActivationForwardOp<S>);                                          \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationGradFromOutput")                           \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationGradFromOutput"))                           \
                               .Device(::tensorflow::DEVICE_CPU)                             \
                               .TypeConstraint<S>("T"),                                      \
                           ActivationGradFromOutputOp<S>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>FusedActivationQuantized")                           \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("FusedActivationQuantized"))                           \
                               .Device(::tensorflow::DEVICE_CPU)                             \
                               .TypeConstraint<S>("T"),                                      \
                           FusedActivationQuantizedOp<S>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>ActivationGradQuantized")                            \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationGradQuantized"))                            \
                               .Device(::tensorflow::DEVICE_CPU)                             \
                               .TypeConstraint<S>("T"),                                      \
                           ActivationGradQuantizedOp<S>);

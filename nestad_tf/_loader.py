@@ -19,6 +19,7 @@ import os
 import struct
 import sys
 import threading
+import types
 import warnings
 from typing import Optional
 
@@ -28,10 +29,34 @@ LIBRARY_NAME = "_nestad_ops.so"
 GPU_LIBRARY_NAME = "_nestad_ops_gpu.so"
 BUILD_INFO_NAME = "_build_info.json"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The ops' namespace (kernels/op_util.h NESTAD_OP_NAMESPACE says the same). It
+# reads as the fix: a graph holding these ops, loaded where nestad_tf was not
+# imported, fails in TensorFlow with "Op type not registered 'Import_nestad_tf>...'".
+OP_NAMESPACE = "Import_nestad_tf"
+# The ops, by their names without namespace; `KernelLibrary.module` has one
+# wrapper per op, named in snake case (module.fused_activation, ...).
+OP_NAMES = (
+    "FusedActivation",
+    "FusedActivationGrad",
+    "ActivationForward",
+    "ActivationGradFromOutput",
+    "FusedActivationQuantized",
+    "ActivationGradQuantized",
+)
 _REBUILD_HINT = (
     "Rebuild the kernels for this TensorFlow with `pip install --no-build-isolation "
     "--force-reinstall --no-deps <nestad_tf source>`."
 )
+
+
+def op_type(name: str) -> str:
+    """The full op type of one of OP_NAMES: op_type("FusedActivation") is
+    "Import_nestad_tf>FusedActivation"."""
+    return f"{OP_NAMESPACE}>{name}"
+
+
+def _snake_case(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,15 +156,19 @@ def _load() -> KernelLibrary:
             None, path, built_against,
             f"loading {path} failed ({message}). " + _REBUILD_HINT,
         )
-    missing = [op for op in ("nestad_fused_activation", "nestad_fused_activation_grad")
-               if not hasattr(module, op)]
+    # tf.load_op_library names each wrapper after the full op type:
+    # "Import_nestad_tf>FusedActivation" -> import_nestad_tf_fused_activation.
+    wrappers = {_snake_case(name): getattr(module, f"{OP_NAMESPACE.lower()}_{_snake_case(name)}", None)
+                for name in OP_NAMES}
+    missing = [op_type(name) for name in OP_NAMES if wrappers[_snake_case(name)] is None]
     if missing:
         return KernelLibrary(
             None, path, built_against,
             f"{path} loaded but does not define the nestad ops ({', '.join(missing)} missing): "
-            "it is not nestad_tf's kernel library. " + _REBUILD_HINT,
+            "it is not this version of nestad_tf's kernel library. " + _REBUILD_HINT,
         )
-    return KernelLibrary(module, path, built_against, "loaded", _load_gpu_kernels(path))
+    return KernelLibrary(types.SimpleNamespace(**wrappers), path, built_against, "loaded",
+                         _load_gpu_kernels(path))
 
 
 def _load_gpu_kernels(path: str) -> str:

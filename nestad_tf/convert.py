@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from . import activations as _activations
 from . import layers as _layers
-from . import ops, registry, storage
+from . import _loader, ops, registry, storage
 
 _PROBE_ELEMENTS = 1001  # odd and large: packed f' codes (a few bits each) stay far above
 _MIN_SAVED_ELEMENTS = 16  # the size of any shape, index or scalar tensor
@@ -104,7 +104,7 @@ def _saved_for_backward_cached(name, params_items, dtype_name, implementation, b
                         role = "x"
                     elif source is y_source:
                         role = "y"
-                    elif source.op.type == "Nestad>FusedActivation" or implementation == "nestad":
+                    elif source.op.type == _loader.op_type("FusedActivation") or implementation == "nestad":
                         role = "f'(x)"
                     else:
                         role = source.op.type

@@ -292,7 +292,7 @@ def _tf_backward(dy, d):
 
 
 def _kernel_backward(dy, d):
-    return _loader.load().module.nestad_fused_activation_grad(dy, d)
+    return _loader.load().module.fused_activation_grad(dy, d)
 
 
 def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
@@ -325,26 +325,26 @@ def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
     attrs = dict(activation=kernel_name, params=kernel_params)
     if plan.form == "full":
         def forward(t):
-            return lib.nestad_fused_activation(t, **attrs)
+            return lib.fused_activation(t, **attrs)
 
         return with_saved_derivative(x, forward, _kernel_backward, second)
     piecewise = kernel_name in registry.PIECEWISE_LINEAR_KERNELS
     if plan.form == "output":
         def forward(t):
-            y = lib.nestad_activation_forward(t, **attrs)
+            y = lib.activation_forward(t, **attrs)
             return y, y
 
         def backward(dy, y):
-            return lib.nestad_activation_grad_from_output(dy, y, **attrs)
+            return lib.activation_grad_from_output(dy, y, **attrs)
 
         return with_saved_derivative(x, forward, backward, SECOND_ORDER_ZERO if piecewise else None)
     quantizer = plan.op_attrs()
 
     def forward(t):
-        return lib.nestad_fused_activation_quantized(t, **attrs, **quantizer)
+        return lib.fused_activation_quantized(t, **attrs, **quantizer)
 
     def backward(dy, code):
-        return lib.nestad_activation_grad_quantized(dy, code, **quantizer)
+        return lib.activation_grad_quantized(dy, code, **quantizer)
 
     exact_levels = plan.format == "levels"
     return with_saved_derivative(x, forward, backward,
@@ -421,10 +421,10 @@ def _is_keras_tensor(x) -> bool:
 def _register_gradients():
     """Gradients of the raw ops, for graphs that differentiate them directly."""
 
-    @tf.RegisterGradient("Nestad>FusedActivationGrad")
+    @tf.RegisterGradient(_loader.op_type("FusedActivationGrad"))
     def _fused_activation_grad_grad(op, upstream):  # pylint: disable=unused-variable
         dy, d = op.inputs
-        grad_op = _loader.load().module.nestad_fused_activation_grad
+        grad_op = _loader.load().module.fused_activation_grad
         return [grad_op(upstream, d), grad_op(upstream, dy)]
 
     def _second_order_error(op_type, detail):
@@ -434,7 +434,7 @@ def _register_gradients():
             "inside a tf.function)."
         )
 
-    @tf.RegisterGradient("Nestad>ActivationGradFromOutput")
+    @tf.RegisterGradient(_loader.op_type("ActivationGradFromOutput"))
     def _grad_from_output_grad(op, upstream):  # pylint: disable=unused-variable
         name = op.get_attr("activation").decode()
         if name not in registry.PIECEWISE_LINEAR_KERNELS:
@@ -442,27 +442,27 @@ def _register_gradients():
         dy, y = op.inputs
         lib = _loader.load().module
         params = op.get_attr("params")
-        return [lib.nestad_activation_grad_from_output(upstream, y, activation=name,
+        return [lib.activation_grad_from_output(upstream, y, activation=name,
                                                        params=params), None]
 
-    @tf.RegisterGradient("Nestad>ActivationGradQuantized")
+    @tf.RegisterGradient(_loader.op_type("ActivationGradQuantized"))
     def _grad_quantized_grad(op, upstream):  # pylint: disable=unused-variable
         if op.get_attr("format").decode() != "levels":
             raise _second_order_error(op.type, "f'(x) was kept compressed")
         _, code = op.inputs
         attrs = {k: op.get_attr(k) for k in ("format", "bits", "breakpoints", "levels", "range")}
         attrs["format"] = attrs["format"].decode()
-        return [_loader.load().module.nestad_activation_grad_quantized(upstream, code, **attrs),
+        return [_loader.load().module.activation_grad_quantized(upstream, code, **attrs),
                 None]
 
-    @tf.RegisterGradient("Nestad>FusedActivation")
+    @tf.RegisterGradient(_loader.op_type("FusedActivation"))
     def _fused_activation_grad(op, dy, dd):  # pylint: disable=unused-variable
         if dd is not None:
             raise SecondOrderGradientError(
-                "the raw Nestad>FusedActivation op cannot differentiate its derivative output; "
+                f"the raw {op.type} op cannot differentiate its derivative output; "
                 "use nestad_tf.activation(), which links f'(x) to x for higher-order gradients"
             )
-        return [_loader.load().module.nestad_fused_activation_grad(dy, op.outputs[1])]
+        return [_loader.load().module.fused_activation_grad(dy, op.outputs[1])]
 
 
 _register_gradients()

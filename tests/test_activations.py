@@ -133,7 +133,7 @@ def test_every_builtin_has_a_kernel_and_a_public_function():
     for name, params in activation_cases():
         spec = nestad_tf.registry.get(name)
         kernel_name, kernel_params = spec.kernel_attrs(spec.bind(params))
-        y, d = lib.nestad_fused_activation(tf.zeros([2]), activation=kernel_name, params=kernel_params)
+        y, d = lib.fused_activation(tf.zeros([2]), activation=kernel_name, params=kernel_params)
         assert y.shape == (2,) and d.shape == (2,)
         if not params and name != "threshold":
             assert callable(getattr(nestad_tf, name))

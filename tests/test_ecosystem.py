@@ -13,6 +13,7 @@ import tensorflow as tf
 import keras
 
 import nestad_tf
+from nestad_tf._loader import OP_NAMESPACE, op_type
 
 from conftest import tolerance
 
@@ -61,7 +62,7 @@ def _nestad_ops_in_saved_model(path):
         nodes = list(meta.graph_def.node)
         for function in meta.graph_def.library.function:
             nodes.extend(function.node_def)
-        found.update(n.op for n in nodes if n.op.startswith("Nestad"))
+        found.update(n.op for n in nodes if n.op.startswith(OP_NAMESPACE + ">"))
     return found
 
 
@@ -145,7 +146,7 @@ def test_training_saved_model_needs_nestad_and_says_so(tmp_path):
     if not nestad_tf.backend_info()["kernel_available"]:
         pytest.skip("kernels not loaded: the traced graph has no nestad op")
     path, expected = _save_trainer(tmp_path, "auto")
-    assert "Nestad>FusedActivation" in _nestad_ops_in_saved_model(path)
+    assert op_type("FusedActivation") in _nestad_ops_in_saved_model(path)
 
     code, _, err = _run(_DIFFERENTIATE.format(imports="import nestad_tf", path=path), tmp_path)
     assert code == 0, err[-3000:]
@@ -155,10 +156,10 @@ def test_training_saved_model_needs_nestad_and_says_so(tmp_path):
 
     code, _, err = _run(_DIFFERENTIATE.format(imports="", path=path), tmp_path, with_repo=False)
     assert code != 0
-    # TensorFlow's own message names the op namespace; it cannot name the package
-    # (no code of nestad_tf runs in that process). README: import nestad_tf first,
-    # or convert with backend="tf" for a graph of core ops only.
-    assert "Op type not registered 'Nestad>FusedActivation" in err
+    # No code of nestad_tf runs in that process: TensorFlow's own message carries the
+    # package and the fix through the ops' namespace, "Import_nestad_tf>".
+    message = err.strip().splitlines()[-1]
+    assert "Op type not registered 'Import_nestad_tf>" in message, err[-3000:]
 
 
 @pytest.mark.subprocess
@@ -190,9 +191,9 @@ def test_inference_graphs_hold_no_nestad_op_training_graphs_do():
         graph = function.get_concrete_function(tf.TensorSpec([None, 8, 8, 2])).graph
         return {op.type for op in graph.get_operations()}
 
-    assert not any(t.startswith("Nestad") for t in op_types(infer))
+    assert not any(t.startswith(OP_NAMESPACE) for t in op_types(infer))
     if nestad_tf.backend_info()["kernel_available"]:
-        assert "Nestad>FusedActivation" in op_types(gradients)
+        assert op_type("FusedActivation") in op_types(gradients)
     np.testing.assert_allclose(infer(x), converted(x), **F32)
 
 

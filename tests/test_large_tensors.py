@@ -45,13 +45,13 @@ CHILD = textwrap.dedent(
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.bfloat16), tf.TensorSpec([], tf.int64)])
     def forward(pattern, rows):
-        return lib.nestad_fused_activation(tf.tile(pattern, [rows]), activation=kernel_name,
+        return lib.fused_activation(tf.tile(pattern, [rows]), activation=kernel_name,
                                            params=kernel_params)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.bfloat16)])
     def backward(d):
         dy = tf.fill(tf.shape(d, out_type=tf.int64), tf.constant(2, tf.bfloat16))
-        return lib.nestad_fused_activation_grad(dy, d)
+        return lib.fused_activation_grad(dy, d)
 
     def as_float32(bits):
         return (bits.astype(np.uint32) << 16).view(np.float32)

@@ -23,100 +23,100 @@ IAE = "InvalidArgumentError"
 # id: (code raising the error, accepted exception class names, fragment of the message).
 # `lib` is the loaded kernel module, `X` a float32 [3] tensor; helpers below.
 CASES = {
-    # Nestad>FusedActivation attributes.
+    # FusedActivation attributes.
     "unknown_activation": (
-        'lib.nestad_fused_activation(X, activation="nope", params=[])',
+        'lib.fused_activation(X, activation="nope", params=[])',
         {IAE}, "unknown activation 'nope'; the kernels know: celu"),
     "empty_activation_name": (
-        'lib.nestad_fused_activation(X, activation="", params=[])',
+        'lib.fused_activation(X, activation="", params=[])',
         {IAE}, "unknown activation ''"),
     "too_few_params": (
-        'lib.nestad_fused_activation(X, activation="elu", params=[])',
+        'lib.fused_activation(X, activation="elu", params=[])',
         {IAE}, "activation 'elu' takes 1 parameter(s), got 0"),
     "too_many_params": (
-        'lib.nestad_fused_activation(X, activation="mish", params=[1.0, 2.0])',
+        'lib.fused_activation(X, activation="mish", params=[1.0, 2.0])',
         {IAE}, "activation 'mish' takes 0 parameter(s), got 2"),
     "nan_param": (
-        'lib.nestad_fused_activation(X, activation="elu", params=[float("nan")])',
+        'lib.fused_activation(X, activation="elu", params=[float("nan")])',
         {IAE}, "parameters must not be NaN"),
     "infinite_relu_slope": (
-        'lib.nestad_fused_activation(X, activation="relu", params=[float("inf"), 6.0, 0.0])',
+        'lib.fused_activation(X, activation="relu", params=[float("inf"), 6.0, 0.0])',
         {IAE}, "negative_slope and threshold must be finite"),
     "negative_squareplus_b": (
-        'lib.nestad_fused_activation(X, activation="squareplus", params=[-1.0])',
+        'lib.fused_activation(X, activation="squareplus", params=[-1.0])',
         {IAE}, "b must be finite and >= 0"),
     "infinite_squareplus_b": (
-        'lib.nestad_fused_activation(X, activation="squareplus", params=[float("inf")])',
+        'lib.fused_activation(X, activation="squareplus", params=[float("inf")])',
         {IAE}, "b must be finite and >= 0"),
     "zero_celu_alpha": (
-        'lib.nestad_fused_activation(X, activation="celu", params=[0.0])',
+        'lib.fused_activation(X, activation="celu", params=[0.0])',
         {IAE}, "alpha must be non-zero"),
     "unknown_activation_in_tf_function": (
-        'tf.function(lambda t: lib.nestad_fused_activation(t, activation="nope", params=[]))(X)',
+        'tf.function(lambda t: lib.fused_activation(t, activation="nope", params=[]))(X)',
         {IAE}, "unknown activation 'nope'"),
     "activation_not_a_string": (
-        'lib.nestad_fused_activation(X, activation=3, params=[])',
+        'lib.fused_activation(X, activation=3, params=[])',
         {"TypeError"}, "Expected string for argument 'activation'"),
     "params_not_floats": (
-        'lib.nestad_fused_activation(X, activation="elu", params=["a"])',
+        'lib.fused_activation(X, activation="elu", params=["a"])',
         {"TypeError", "ValueError"}, "Expected float for argument 'params'"),
     # Input dtypes outside {half, bfloat16, float, double}.
     "int_input": (
-        'lib.nestad_fused_activation(tf.constant([1, 2]), activation="relu6", params=[])',
+        'lib.fused_activation(tf.constant([1, 2]), activation="relu6", params=[])',
         {IAE, "TypeError"}, "int32"),
     "complex_input": (
-        'lib.nestad_fused_activation(tf.complex(X, X), activation="relu6", params=[])',
+        'lib.fused_activation(tf.complex(X, X), activation="relu6", params=[])',
         {IAE, "TypeError"}, "complex64"),
     "string_input": (
-        'lib.nestad_fused_activation(tf.constant(["a"]), activation="relu6", params=[])',
+        'lib.fused_activation(tf.constant(["a"]), activation="relu6", params=[])',
         {IAE, "TypeError", "ValueError"}, "string"),
-    # Nestad>FusedActivationGrad: dy and derivative must agree exactly.
+    # FusedActivationGrad: dy and derivative must agree exactly.
     "grad_shape_mismatch": (
-        'lib.nestad_fused_activation_grad(X, tf.ones([2]))',
+        'lib.fused_activation_grad(X, tf.ones([2]))',
         {IAE}, "dy and derivative must have the same shape, got [3] and [2]"),
     "grad_same_size_other_shape": (
-        'lib.nestad_fused_activation_grad(tf.ones([6]), tf.ones([2, 3]))',
+        'lib.fused_activation_grad(tf.ones([6]), tf.ones([2, 3]))',
         {IAE}, "dy and derivative must have the same shape, got [6] and [2,3]"),
     "grad_no_broadcasting": (
-        'lib.nestad_fused_activation_grad(X, tf.ones([1]))',
+        'lib.fused_activation_grad(X, tf.ones([1]))',
         {IAE}, "must have the same shape"),
     "grad_scalar_and_vector": (
-        'lib.nestad_fused_activation_grad(tf.constant(1.0), X)',
+        'lib.fused_activation_grad(tf.constant(1.0), X)',
         {IAE}, "must have the same shape"),
     "grad_dtype_mismatch": (
-        'lib.nestad_fused_activation_grad(X, tf.ones([3], tf.float64))',
+        'lib.fused_activation_grad(X, tf.ones([3], tf.float64))',
         {IAE, "TypeError"}, "double"),
     "grad_int_inputs": (
-        'lib.nestad_fused_activation_grad(tf.constant([1]), tf.constant([1]))',
+        'lib.fused_activation_grad(tf.constant([1]), tf.constant([1]))',
         {IAE, "TypeError"}, "int32"),
     "grad_shape_mismatch_traced": (
-        'tf.function(lib.nestad_fused_activation_grad)(X, tf.ones([2]))',
+        'tf.function(lib.fused_activation_grad)(X, tf.ones([2]))',
         {"ValueError", IAE}, "dy and derivative must have the same shape"),
     "grad_shape_mismatch_unknown_until_run": (
-        'tf.function(lib.nestad_fused_activation_grad, input_signature=['
+        'tf.function(lib.fused_activation_grad, input_signature=['
         'tf.TensorSpec(None), tf.TensorSpec(None)])(X, tf.ones([2, 2]))',
         {IAE}, "dy and derivative must have the same shape, got [3] and [2,2]"),
     # Wrong number of inputs, through the Python wrappers and in a GraphDef.
     "wrapper_extra_input": (
-        'lib.nestad_fused_activation(X, X, activation="mish", params=[])',
+        'lib.fused_activation(X, X, activation="mish", params=[])',
         {"TypeError"}, "activation"),
     "wrapper_missing_input": (
-        'lib.nestad_fused_activation_grad(X)',
+        'lib.fused_activation_grad(X)',
         {"TypeError"}, "derivative"),
     "graphdef_forward_two_inputs": (
-        'import_node("Nestad>FusedActivation", ["x", "x"], activation=b"mish")',
+        'import_node("FusedActivation", ["x", "x"], activation=b"mish")',
         {"ValueError", IAE}, "do not match 2 inputs"),
     "graphdef_forward_missing_attr": (
-        'import_node("Nestad>FusedActivation", ["x"])',
+        'import_node("FusedActivation", ["x"])',
         {"ValueError", IAE}, "missing attr 'activation'"),
     "graphdef_grad_one_input": (
-        'import_node("Nestad>FusedActivationGrad", ["x"])',
+        'import_node("FusedActivationGrad", ["x"])',
         {"ValueError", IAE}, "do not match 1 inputs"),
     "graphdef_grad_three_inputs": (
-        'import_node("Nestad>FusedActivationGrad", ["x", "x", "x"])',
+        'import_node("FusedActivationGrad", ["x", "x", "x"])',
         {"ValueError", IAE}, "do not match 3 inputs"),
     "graphdef_unknown_activation_at_run": (
-        'run_node("Nestad>FusedActivation", ["x"], activation=b"bogus")',
+        'run_node("FusedActivation", ["x"], activation=b"bogus")',
         {IAE}, "unknown activation 'bogus'"),
     # The public Python API refuses the same things before any op runs.
     "api_unknown_activation": (
@@ -168,11 +168,11 @@ CHILD = textwrap.dedent(
     assert lib is not None, nestad_tf.backend_info()["reason"]
     X = tf.constant([-1.0, 0.0, 2.0])
 
-    def _graph_def(op, inputs, **attrs):
+    def _graph_def(op, inputs, **attrs):  # op: a name of nestad_tf._loader.OP_NAMES
         graph_def = tf.compat.v1.GraphDef()
         placeholder = graph_def.node.add(name="x", op="Placeholder")
         placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
-        node = graph_def.node.add(name="op", op=op)
+        node = graph_def.node.add(name="op", op=nestad_tf._loader.op_type(op))
         node.input.extend(inputs)
         node.attr["T"].type = tf.float32.as_datatype_enum
         for key, value in attrs.items():
@@ -201,8 +201,8 @@ CHILD = textwrap.dedent(
         print(json.dumps(record), flush=True)
 
     # After all of that, the ops still work.
-    y, d = lib.nestad_fused_activation(X, activation="relu6", params=[])
-    dx = lib.nestad_fused_activation_grad(tf.ones([3]), d)
+    y, d = lib.fused_activation(X, activation="relu6", params=[])
+    dx = lib.fused_activation_grad(tf.ones([3]), d)
     ok = y.numpy().tolist() == [0.0, 0.0, 2.0] and dx.numpy().tolist() == [0.0, 0.0, 1.0]
     print(json.dumps({"case": "__still_works__", "error": None, "message": str(ok)}), flush=True)
     """

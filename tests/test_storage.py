@@ -131,15 +131,15 @@ def test_tf_path_keeps_the_full_derivative_whatever_the_mode():
 def test_raw_quantized_ops_reject_bad_attributes_and_code_sizes():
     lib = nestad_tf._loader.load().module
     with pytest.raises(tf.errors.InvalidArgumentError, match="unknown derivative format"):
-        lib.nestad_fused_activation_quantized(tf.ones([4]), activation="gelu", format="int4", bits=4)
+        lib.fused_activation_quantized(tf.ones([4]), activation="gelu", format="int4", bits=4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="needs 4 levels and 3 breakpoints"):
-        lib.nestad_fused_activation_quantized(tf.ones([4]), activation="gelu", format="buckets",
+        lib.fused_activation_quantized(tf.ones([4]), activation="gelu", format="buckets",
                                               bits=2, levels=[0.0, 1.0])
     with pytest.raises(tf.errors.InvalidArgumentError, match="code must be a vector of 2 bytes"):
-        lib.nestad_activation_grad_quantized(tf.ones([9]), tf.zeros([3], tf.uint8),
+        lib.activation_grad_quantized(tf.ones([9]), tf.zeros([3], tf.uint8),
                                              format="levels", bits=1, levels=[1.0])
     with pytest.raises(tf.errors.InvalidArgumentError, match="cannot be recovered from its output"):
-        lib.nestad_activation_grad_from_output(tf.ones([2]), tf.ones([2]), activation="gelu")
+        lib.activation_grad_from_output(tf.ones([2]), tf.ones([2]), activation="gelu")
 
 
 def training_step_peak(derivative, batch=4096, width=256, depth=4):

@@ -1,4 +1,4 @@
-// GPU kernels of the ops Nestad>FusedActivation and Nestad>FusedActivationGrad
+// GPU kernels of the ops FusedActivation and FusedActivationGrad
 // (the ops themselves are registered by kernels/fused_activation_ops.cc, in the
 // CPU library, which is loaded first). Compiled by g++ with -DGOOGLE_CUDA=1
 // against a CUDA build of TensorFlow; the kernels are launched through the
@@ -36,7 +36,7 @@ template <typename S>
 class FusedActivationGpuOp : public OpKernel {
  public:
   explicit FusedActivationGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, "Nestad>FusedActivation"));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("FusedActivation")));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -56,7 +56,7 @@ class FusedActivationGpuOp : public OpKernel {
     args.derivative = d->flat<S>().data();
     const char* error = gpu::LaunchFusedForward(args, OpStream(ctx));
     OP_REQUIRES(ctx, error == nullptr,
-                absl::InternalError(std::string("Nestad>FusedActivation GPU launch: ") +
+                absl::InternalError(std::string(NESTAD_OP("FusedActivation") " GPU launch: ") +
                                     (error ? error : "")));
   }
 
@@ -72,7 +72,7 @@ class FusedActivationGradGpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
     const Tensor& d = ctx->input(1);
-    OP_REQUIRES_OK(ctx, SameShape("Nestad>FusedActivationGrad", "dy", dy, "derivative", d));
+    OP_REQUIRES_OK(ctx, SameShape(NESTAD_OP("FusedActivationGrad"), "dy", dy, "derivative", d));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
     gpu::BackwardArgs args;
@@ -84,16 +84,16 @@ class FusedActivationGradGpuOp : public OpKernel {
     args.dx = dx->flat<S>().data();
     const char* error = gpu::LaunchFusedBackward(args, OpStream(ctx));
     OP_REQUIRES(ctx, error == nullptr,
-                absl::InternalError(std::string("Nestad>FusedActivationGrad GPU launch: ") +
+                absl::InternalError(std::string(NESTAD_OP("FusedActivationGrad") " GPU launch: ") +
                                     (error ? error : "")));
   }
 };
 
 #define NESTAD_REGISTER_GPU(S)                                                               \
   REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("Nestad>FusedActivation").Device(::tensorflow::DEVICE_GPU).TypeConstraint<S>("T"), \
+      Name(NESTAD_OP("FusedActivation")).Device(::tensorflow::DEVICE_GPU).TypeConstraint<S>("T"), \
       FusedActivationGpuOp<S>);                                                              \
-  REGISTER_KERNEL_BUILDER(Name("Nestad>FusedActivationGrad")                                 \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("FusedActivationGrad"))                                 \
                               .Device(::tensorflow::DEVICE_GPU)                              \
                               .TypeConstraint<S>("T"),                                       \
                           FusedActivationGradGpuOp<S>);

@@ -3,11 +3,11 @@
 For each activation, on one float tensor of `elements` elements:
 
   forward   x -> (y, f'(x)): reads 1 tensor, writes 2
-      nestad      the fused op Nestad>FusedActivation
+      nestad      the fused op FusedActivation
       tf          forward-mode AD of Keras' definition (nestad's pure-TF path), tf.function
       xla         the same function with jit_compile=True
   backward  (dy, f'(x)) -> dx = dy * f'(x): reads 2 tensors, writes 1
-      nestad      the fused op Nestad>FusedActivationGrad
+      nestad      the fused op FusedActivationGrad
       tf          dy * d in a tf.function
       xla         the same with jit_compile=True
 
@@ -111,12 +111,12 @@ def activation_throughput(activation: str, elements: int, dtype: str, warmup: in
         return spec.reference(t, **params)
 
     forward = {
-        "nestad": tf.function(lambda x: library.nestad_fused_activation(
+        "nestad": tf.function(lambda x: library.fused_activation(
             x, activation=kernel_name, params=kernel_params)),
         "tf": tf.function(lambda x: ops.forward_ad(reference, x)),
     }
     backward = {
-        "nestad": tf.function(library.nestad_fused_activation_grad),
+        "nestad": tf.function(library.fused_activation_grad),
         "tf": tf.function(lambda dy, d: dy * d),
     }
     if xla:
