@@ -461,7 +461,8 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
 
 def _describe_nestad(layer, found: _Found) -> str:
     if found.kind == "layer" and isinstance(layer, _layers.Activation):
-        return f"nestad_tf.layers.Activation({found.label!r}, backend={layer.backend!r})"
+        backend = "" if layer.backend is None else f", backend={layer.backend!r}"
+        return f"nestad_tf.layers.Activation({found.label!r}{backend})"
     function = getattr(layer, "activation", None)
     return repr(function) if function is not None else found.label
 
@@ -601,7 +602,8 @@ def _nestad_function(found: _Found, backend: str,
 
 
 def _nestad_layer(layer, found: _Found, backend: str, derivative: str = "exact") -> _layers.Activation:
-    return _layers.Activation(found.spec.name, backend=backend, derivative=derivative,
+    return _layers.Activation(found.spec.name, backend=None if backend == "auto" else backend,
+                              derivative=derivative,
                               name=layer.name, dtype=layer.dtype_policy, **found.params)
 
 

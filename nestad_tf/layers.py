@@ -21,7 +21,8 @@ class Activation(keras.layers.Layer):
 
     Args:
       activation: a name from `nestad_tf.available_activations()` (or alias).
-      backend: "auto", "kernel" or "tf" (see `nestad_tf.backend_info()`).
+      backend: "auto", "kernel" or "tf" (see `nestad_tf.backend_info()`); None
+        (default): the innermost `nestad_tf.backend_scope` at call time, else "auto".
       derivative: how f'(x) is kept: "exact" (default, the cheapest exact form),
         "full", "bfloat16", "uint8", "bits4" ... "bits1" (see `nestad_tf.storage`).
       **kwargs: the activation's parameters (Keras names, e.g. `negative_slope`)
@@ -31,12 +32,13 @@ class Activation(keras.layers.Layer):
       x = nestad_tf.layers.Activation("gelu", approximate=True)(x)
     """
 
-    def __init__(self, activation: str, backend: Optional[str] = "auto",
+    def __init__(self, activation: str, backend: Optional[str] = None,
                  derivative: str = "exact", **kwargs):
         spec = registry.get(activation)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in _KERAS_LAYER_KWARGS}
         super().__init__(**kwargs)
-        ops._check_backend_name(backend)  # pylint: disable=protected-access
+        if backend is not None:
+            ops._check_backend_name(backend)  # pylint: disable=protected-access
         self.activation = spec.name
         self.backend = backend
         self.derivative = storage.check_mode(derivative)

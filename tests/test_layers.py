@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import nestad_tf
+from nestad_tf._loader import op_type
 from conftest import tolerance
 
 
@@ -45,6 +46,26 @@ def test_layer_rejects_bad_arguments():
         nestad_tf.layers.Activation("mish", alpha=1.0)
     with pytest.raises(ValueError, match="backend"):
         nestad_tf.layers.Activation("mish", backend="gpu")
+
+
+def _traced_op_types(layer):
+    graph = tf.function(
+        lambda x: tf.gradients(layer(x), x)).get_concrete_function(tf.TensorSpec([4])).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("scope", ["tf", "kernel"])
+def test_layer_follows_backend_scope_unless_given_a_backend(scope):
+    if not nestad_tf.backend_info()["kernel_available"]:
+        pytest.skip("kernels not loaded")
+    fused = op_type("FusedActivation")
+    with nestad_tf.backend_scope(scope):
+        follows = _traced_op_types(nestad_tf.layers.Activation("mish"))
+        pinned_tf = _traced_op_types(nestad_tf.layers.Activation("mish", backend="tf"))
+        pinned_kernel = _traced_op_types(nestad_tf.layers.Activation("mish", backend="kernel"))
+    assert (fused in follows) == (scope == "kernel")
+    assert fused not in pinned_tf and fused in pinned_kernel
+    assert nestad_tf.layers.Activation("mish").get_config()["backend"] is None
 
 
 def test_activation_functions_serialize_as_nestad_objects():
