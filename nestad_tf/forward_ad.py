@@ -239,6 +239,39 @@ def forward_ad(fn: Optional[Callable[..., Any]] = None, *, params: ParamsLike = 
     return ForwardADActivation(fn, params=params, formula=formula, check=check)
 
 
+@functools.lru_cache(maxsize=None)
+def _builtin_with_tensor_params(name: str) -> ForwardADActivation:
+    spec = registry.get(name)
+    # Built-ins are element-wise by construction: no probe.
+    activation = ForwardADActivation(spec.tensor_reference or spec.reference, params=spec.params,
+                                     formula=spec.formula, check=False)
+    activation.registered_name = spec.name
+    return activation
+
+
+def apply_with_tensor_params(x, spec: registry.ActivationSpec, params: Dict[str, Any],
+                             backend: Optional[str] = None) -> tf.Tensor:
+    """A built-in activation whose parameters include tensors (variables, per-channel values).
+
+    The fused kernels take parameters as numbers (op attributes), so this runs
+    forward-mode AD of the activation's reference instead: only f'(x) is kept,
+    plus df/dtheta per differentiable parameter, and gradients reach the
+    parameters (see `nestad_tf.forward_ad`).
+    """
+    switches = [k for k in spec.switch_params if registry.is_tensor_param(params[k])]
+    if switches:
+        raise TypeError(f"activation '{spec.name}': {', '.join(switches)} chooses the formula and "
+                        "must be a Python bool, not a tensor")
+    if ops.requested_backend(backend) == "kernel":
+        tensors = [k for k in spec.param_names if registry.is_tensor_param(params[k])]
+        raise ValueError(
+            f"activation '{spec.name}': the fused kernel takes its parameters as Python numbers, "
+            f"but {', '.join(tensors)} is a tensor; tensor parameters run the forward-mode AD "
+            "path: use backend='auto' or 'tf'"
+        )
+    return _builtin_with_tensor_params(spec.name).apply(x, params, backend)
+
+
 def register_activation(name: str, fn: Optional[Callable[..., Any]] = None, *,
                         params: ParamsLike = None, formula: Optional[str] = None,
                         aliases: Iterable[str] = (), check: bool = True,
@@ -756,7 +789,17 @@ class ParametricActivation(keras.layers.Layer):
         self.axis = axis
         self.backend = backend
         self.params = spec.bind(params)
-        self._apply = spec.apply or ForwardADActivation(spec.reference, params=spec.params).apply
+        not_numbers = [p for p in self.trainable_params
+                       if p in spec.switch_params or not isinstance(self.params[p], (int, float))]
+        if not_numbers:
+            raise ValueError(
+                f"trainable parameters of '{spec.name}' need a number as initial value; "
+                + ", ".join(f"{p}={self.params[p]!r}" for p in not_numbers)
+                + (" chooses the formula (a bool) and cannot be trained"
+                   if set(not_numbers) & set(spec.switch_params) else " (pass e.g. {}=6.0)".format(
+                       not_numbers[0]))
+            )
+        self._apply = spec.apply or functools.partial(apply_with_tensor_params, spec=spec)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -783,7 +826,7 @@ class ParametricActivation(keras.layers.Layer):
                 axis = self.axis % rank
                 value = tf.reshape(value, [-1] + [1] * (rank - 1 - axis))
             values[name] = value
-        return self._apply(inputs, values, self.backend)
+        return self._apply(inputs, params=values, backend=self.backend)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -81,13 +81,19 @@ def _gpu_visible() -> bool:
 _gpu_warned = False
 
 
-def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
-    """Returns "kernel" or "tf" for a call, following the rules in backend_info()."""
-    global _gpu_warned
+def requested_backend(backend: Optional[str]) -> str:
+    """The backend a call asks for: `backend`, else the innermost backend_scope, else "auto"."""
     if backend is None:
         stack = _backend_stack()
         backend = stack[-1] if stack else "auto"
     _check_backend_name(backend)
+    return backend
+
+
+def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
+    """Returns "kernel" or "tf" for a call, following the rules in backend_info()."""
+    global _gpu_warned
+    backend = requested_backend(backend)
     in_xla = _private_tf.in_xla_context()
     if backend == "tf":
         return "tf"
@@ -301,6 +307,10 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
     storage.check_mode(derivative)
     if spec.apply is not None:  # user activations (nestad_tf.register_activation)
         return spec.apply(x, params, backend)
+    if any(registry.is_tensor_param(v) for v in params.values()):
+        # Tensor parameters get gradients through forward-mode AD of the reference.
+        from .forward_ad import apply_with_tensor_params  # pylint: disable=g-import-not-at-top
+        return apply_with_tensor_params(x, spec, params, backend)
     x = _as_float_tensor(x, spec.name)
     chosen = resolve_backend(backend, has_kernel=spec.kernel is not None)
 

@@ -12,6 +12,8 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 REQUIRED = object()
 """Marks a parameter without a default (Keras' `threshold` activation has two)."""
@@ -50,6 +52,11 @@ class ActivationSpec:
       apply: `apply(x, params, backend) -> y`, replacing the generic path of
         `ops.apply_spec`; set by `nestad_tf.register_activation` (forward-mode
         AD with the element-wise check and differentiable tensor parameters).
+      tensor_reference: the same function as `reference`, written for tensor
+        parameters (a tf.Variable, one value per channel); None where
+        `reference` already takes them. Keras' elu, leaky_relu and relu branch
+        on their parameters in Python, so they need one. Used when parameters
+        are tensors (`ParametricActivation`, `activation(x, "elu", alpha=v)`).
     """
 
     name: str
@@ -61,10 +68,17 @@ class ActivationSpec:
     breakpoints: Callable[..., Tuple[float, ...]] = lambda **_: ()
     storage: Callable[..., Any] = lambda **_: "full"
     apply: Optional[Callable[..., Any]] = None
+    tensor_reference: Optional[Callable[..., Any]] = None
 
     @property
     def param_names(self) -> Tuple[str, ...]:
         return tuple(p for p, _ in self.params)
+
+    @property
+    def switch_params(self) -> Tuple[str, ...]:
+        """Parameters that choose a formula (bool defaults, e.g. gelu's `approximate`):
+        never tensors, never trainable."""
+        return tuple(p for p, default in self.params if isinstance(default, bool))
 
     def bind(self, given: Dict[str, Any]) -> Dict[str, Any]:
         """Returns all parameters with defaults filled in; TypeError on unknown or missing ones."""
@@ -183,7 +197,7 @@ def _no_params(kernel_name):
 
 
 def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=None,
-             storage="full"):
+             storage="full", tensor_reference=None):
     reference = getattr(_A, name)
     register(
         ActivationSpec(
@@ -195,8 +209,36 @@ def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=N
             aliases=tuple(aliases),
             breakpoints=breakpoints or (lambda **_: ()),
             storage=storage if callable(storage) else (lambda **_: storage),
+            tensor_reference=tensor_reference,
         )
     )
+
+
+def is_tensor_param(value) -> bool:
+    """Whether a parameter value is a tensor (or variable, or array) rather than a number."""
+    return tf.is_tensor(value) or isinstance(value, (tf.Variable, keras.Variable, np.ndarray))
+
+
+# Tensor-parameter forms of the Keras references that branch on parameter values in
+# Python (keras.activations.elu/leaky_relu/relu). Same values and derivatives
+# (one-sided ones at the kinks, as Keras picks them): tests/test_tensor_params.py.
+def _elu_tensor_reference(x, alpha=1.0):
+    return tf.where(x > 0, x, alpha * tf.math.expm1(tf.minimum(x, 0)))
+
+
+def _leaky_relu_tensor_reference(x, negative_slope=0.2):
+    return tf.where(x > 0, x, negative_slope * x)
+
+
+def _relu_tensor_reference(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    y = tf.where(x > threshold, x, tf.zeros_like(x))
+    if max_value is not None:
+        y = tf.minimum(y, max_value)
+    below = tf.minimum(x - threshold, 0)
+    # 0 * -inf would be NaN where Keras gives 0 (slope 0 at x = -inf).
+    zero_times_inf = (negative_slope == 0) & tf.math.is_inf(x)
+    y += tf.where((x <= threshold) & ~zero_times_inf, negative_slope * below, tf.zeros_like(x))
+    return tf.where(tf.math.is_nan(x), x, y)
 
 
 # Parameter checks mirror the kernels' Check() (kernels/activations/*.h) so that both
@@ -247,7 +289,7 @@ _builtin("celu", "x if x > 0 else alpha * (exp(x / alpha) - 1)",
          storage=lambda alpha: "output" if _positive(alpha) else "full")
 _builtin("elu", "x if x > 0 else alpha * (exp(x) - 1)",
          params=[("alpha", 1.0)], kernel=lambda alpha: ("elu", [alpha]),
-         breakpoints=lambda **_: (0.0,),
+         breakpoints=lambda **_: (0.0,), tensor_reference=_elu_tensor_reference,
          storage=lambda alpha: "output" if _positive(alpha) else "full")
 _builtin("exponential", "exp(x)",
          storage="output")
@@ -267,7 +309,7 @@ _builtin("hard_tanh", "clip(x, -1, 1)", breakpoints=lambda: (-1.0, 1.0),
 _builtin("leaky_relu", "x if x > 0 else negative_slope * x",
          params=[("negative_slope", 0.2)],
          kernel=lambda negative_slope: ("leaky_relu", [negative_slope]),
-         breakpoints=lambda **_: (0.0,),
+         breakpoints=lambda **_: (0.0,), tensor_reference=_leaky_relu_tensor_reference,
          storage=lambda negative_slope: (
              "output" if _positive(negative_slope) else ("levels", (1.0, negative_slope))))
 _builtin("linear", "x",
@@ -278,7 +320,7 @@ _builtin("mish", "x * tanh(softplus(x))")
 _builtin("relu", "clip(x if x > threshold else 0, 0, max_value) + negative_slope * min(x - threshold, 0)",
          params=[("negative_slope", 0.0), ("max_value", None), ("threshold", 0.0)],
          kernel=_relu_kernel, breakpoints=_relu_breakpoints,
-         storage=_relu_storage)
+         storage=_relu_storage, tensor_reference=_relu_tensor_reference)
 _builtin("relu6", "min(max(x, 0), 6)", breakpoints=lambda: (0.0, 6.0),
          storage=("output", (0.0, 1.0)))
 _builtin("selu", "scale * (x if x > 0 else alpha * (exp(x) - 1))", breakpoints=lambda: (0.0,),
