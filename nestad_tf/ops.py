@@ -3,9 +3,10 @@
     y, d = forward(x)        # d = f'(x), computed during the forward pass
     dx   = dy * d            # the whole backward pass
 
-`forward` is either the fused C++ kernel (backend "kernel") or forward-mode
-automatic differentiation of the activation's pure-TF reference (backend "tf":
-one unit tangent pushed through f with `tf.autodiff.ForwardAccumulator`). Both
+`forward` is either the fused C++ kernel (backend "kernel") or TF autodiff of
+the activation's pure-TF reference during the forward pass (backend "tf": the
+product with a unit vector, which for a diagonal Jacobian is f'(x); see
+`derivative_in_forward`; user activations use forward mode, `forward_ad`). Both
 run inside `tf.custom_gradient` on `tf.stop_gradient(x)`, so neither TF's tape
 nor a `tf.function` gradient graph keeps x or any intermediate of f: only d
 (and y, when the next layer needs it anyway).
@@ -148,17 +149,24 @@ def _compute_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
-def unit_tangent(x: tf.Tensor) -> tf.Tensor:
-    """ones_like(x) that Grappler cannot fold into a constant held by the graph.
+_SAME_SIZE_INT = {2: tf.int16, 4: tf.int32, 8: tf.int64}
 
-    With a static shape, `tf.ones_like(x)` is constant-folded into an x-sized
-    constant (up to 10 MiB) that the function keeps for its lifetime: one
-    activation-sized tensor per layer on the forward-mode AD path. A scalar
-    `placeholder_with_default` is never folded, so the fill happens at run time
-    and is freed after use.
+
+def unit_tangent(x: tf.Tensor) -> tf.Tensor:
+    """ones_like(x) that TensorFlow cannot fold into a constant held by the graph.
+
+    With a static shape, a fill of ones from constants (`tf.ones_like(x)`, and
+    even a fill from a `placeholder_with_default` scalar) is constant-folded
+    when a function is instantiated, into an x-sized constant (up to 10 MiB)
+    that the function keeps for its lifetime. The 1 here is computed from x's
+    first element (its bits AND 0, plus 1: exactly 1 for every value, NaN and
+    inf included, and for an empty x), so nothing is folded: the fill happens
+    at run time and is freed after use.
     """
-    one = tf.compat.v1.placeholder_with_default(tf.constant(1, x.dtype), shape=[])
-    return tf.fill(tf.shape(x), one)
+    first = tf.reduce_min(tf.reshape(x, [-1])[:1])  # +inf for an empty x
+    bits = tf.bitcast(first, _SAME_SIZE_INT[x.dtype.size])
+    one = tf.bitwise.bitwise_and(bits, tf.zeros([], bits.dtype)) + 1
+    return tf.fill(tf.shape(x), tf.cast(one, x.dtype))
 
 
 def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -184,6 +192,33 @@ def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.T
     if y.shape.rank is not None and xc.shape.rank is not None and y.shape != xc.shape:
         y = tf.broadcast_to(y, tf.shape(xc))
         d = tf.broadcast_to(d, tf.shape(xc))
+    return tf.cast(y, x.dtype), tf.cast(d, x.dtype)
+
+
+def derivative_in_forward(fn: Callable[[tf.Tensor], tf.Tensor],
+                          x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(fn(x), fn'(x)) of an element-wise `fn` with no tensor parameters: the pure-TF path.
+
+    For an element-wise fn the Jacobian is diagonal, so the vector-Jacobian
+    product with a unit cotangent is fn'(x), exactly what a unit tangent
+    through forward mode gives (`forward_ad`). This path takes the VJP:
+    `tf.autodiff.ForwardAccumulator` computes each op's JVP by transposing its
+    VJP and materializes a zero tangent for every constant operand (0.5 in
+    0.5 * x); TensorFlow's constant folding turns those into x-sized zero
+    constants that the traced graph keeps for its lifetime (one per op and
+    shape: 37 MiB on EfficientNet-B0-mish). The VJP has no tangents for
+    constants, keeps nothing, and measured as fast or faster (silu, gelu,
+    mish, hard_silu on 16M floats). Half types are computed in float32.
+    """
+    compute = _compute_dtype(x.dtype)
+    xc = tf.cast(x, compute)
+    with tf.GradientTape() as tape:
+        tape.watch(xc)
+        y = tf.convert_to_tensor(fn(xc))
+    if y.shape.rank is not None and xc.shape.rank is not None and y.shape != xc.shape:
+        y = tf.broadcast_to(y, tf.shape(xc))
+    d = tape.gradient(y, xc, output_gradients=unit_tangent(y),
+                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return tf.cast(y, x.dtype), tf.cast(d, x.dtype)
 
 
@@ -325,7 +360,8 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
                              second)
     if spec.kernel is not None:
         spec.kernel_attrs(params)  # same parameter validation on both paths
-    return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)
+    return with_saved_derivative(x, lambda t: derivative_in_forward(reference, t), _tf_backward,
+                                 second)
 
 
 def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
