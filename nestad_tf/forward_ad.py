@@ -9,11 +9,15 @@ train with it:
 
     keras.layers.Dense(256, activation=snake)           # or nestad_tf.layers.Activation("snake")
 
-One forward computation pushes a unit tangent through `fn` with
-`tf.autodiff.ForwardAccumulator` (nested inside the ordinary reverse-mode
-training tape), giving y = fn(x) and d = fn'(x) together. Only d is kept for the
-backward pass (dx = dy * d): not x, not the intermediates of `fn` (see
-`nestad_tf.ops.with_saved_derivative`).
+One forward computation pushes a unit tangent through `fn` (forward-mode AD,
+nested inside the ordinary reverse-mode training tape), giving y = fn(x) and
+d = fn'(x) together. Only d is kept for the backward pass (dx = dy * d): not x,
+not the intermediates of `fn` (see `nestad_tf.ops.with_saved_derivative`). The
+Jacobian-vector product is taken by transposing fn's VJP as a whole
+(`nestad_tf.ops.jvps`), the method `tf.autodiff.ForwardAccumulator` applies op
+by op: done op by op it gives every constant operand (0.5 in 0.5 * x) a zero
+tangent, which TensorFlow folds into an x-sized constant kept by the traced
+step.
 
 Parameters. Python numbers (and numpy arrays) are constants: folded into the
 function, nothing extra is kept. Tensor parameters (`tf.Tensor`, trainable
@@ -59,7 +63,6 @@ of silently returning zero.
 """
 
 import concurrent.futures
-import contextlib
 import functools
 import inspect
 import warnings
@@ -206,7 +209,7 @@ def forward_ad(fn: Optional[Callable[..., Any]] = None, *, params: ParamsLike = 
     """Makes an element-wise TF function an activation that keeps only f'(x).
 
     y = fn(x) and d = fn'(x) come from one forward computation with a unit
-    tangent (`tf.autodiff.ForwardAccumulator`); the backward pass is dx = dy * d.
+    tangent (forward-mode AD, `nestad_tf.ops.jvps`); the backward pass is dx = dy * d.
     Works eagerly, in `tf.function` and under XLA (`jit_compile=True`). See the
     module docstring for tensor (trainable) parameters, the element-wise check
     and higher-order gradients.
@@ -432,28 +435,26 @@ def _forward_pass(name, fn, x, thetas: Dict[str, tf.Tensor]):
     compute = ops._compute_dtype(x.dtype)  # pylint: disable=protected-access
     xc = tf.cast(x, compute)
     thetas_c = {k: tf.cast(v, compute) for k, v in thetas.items()}
-    zero = tf.UnconnectedGradients.ZERO
+    names = list(thetas_c)
+
+    def call(x, *values):
+        y = tf.convert_to_tensor(fn(x, **dict(zip(names, values))))
+        _check_output(name, y, x)
+        return y
+
+    primals = [xc] + list(thetas_c.values())
     try:
-        with contextlib.ExitStack() as stack:
-            along_x = stack.enter_context(tf.autodiff.ForwardAccumulator(xc, ops.unit_tangent(xc)))
-            along_thetas = [
-                stack.enter_context(tf.autodiff.ForwardAccumulator(t, ops.unit_tangent(t)))
-                for t in thetas_c.values()
-            ]
-            y = tf.convert_to_tensor(fn(xc, **thetas_c))
-        _check_output(name, y, xc)
-        d = along_x.jvp(y, unconnected_gradients=zero)
-        partials = [acc.jvp(y, unconnected_gradients=zero) for acc in along_thetas]
+        y, (d, *partials) = ops.jvps(call, primals, [ops.unit_tangent(p) for p in primals])
     except LookupError:
-        # An op without a JVP rule (see ops.forward_ad): reverse mode with every
-        # parameter broadcast to x's shape gives the same per-element partials.
-        broadcast = {k: tf.broadcast_to(t, tf.shape(xc)) for k, t in thetas_c.items()}
+        # An op without a gradient of its gradient (see ops.forward_ad): reverse
+        # mode with every parameter broadcast to x's shape gives the same
+        # per-element partials.
+        broadcast = [tf.broadcast_to(t, tf.shape(xc)) for t in thetas_c.values()]
         with tf.GradientTape() as tape:
-            tape.watch([xc] + list(broadcast.values()))
-            y = tf.convert_to_tensor(fn(xc, **broadcast))
-        _check_output(name, y, xc)
-        d, *partials = tape.gradient(y, [xc] + list(broadcast.values()),
-                                     unconnected_gradients=zero)
+            tape.watch([xc] + broadcast)
+            y = call(xc, *broadcast)
+        d, *partials = tape.gradient(y, [xc] + broadcast,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return (tf.cast(y, x.dtype), tf.cast(d, x.dtype)) + tuple(tf.cast(p, x.dtype) for p in partials)
 
 

@@ -108,16 +108,28 @@ def nestad_y_d(activation, x, mode, **params):
     return tf.cast(y, tf.float64).numpy(), tf.cast(d, tf.float64).numpy()
 
 
-def assert_matches_reference(actual, expected, dtype, what):
+def assert_matches_reference(actual, expected, dtype, what, truth=None):
     """Equal within the dtype's tolerance wherever the reference is defined.
 
     Where TF autodiff of the composite itself gives NaN (inf * 0 at x = +-inf,
     an overflowing branch of tf.where) the reference says nothing; nestad
     must not turn a defined value into NaN or into a different one.
+
+    truth: the same quantity computed in float64. Where the composite is
+    ill-conditioned in x's precision (gelu_tanh's 1 + tanh cancels in the
+    negative tail), any two orders of evaluation differ by about the
+    reference's own error, so that much (twice) is allowed on top.
     """
     defined = ~np.isnan(expected)
-    np.testing.assert_allclose(actual[defined], expected[defined], err_msg=what,
-                               **tolerance(dtype))
+    actual, expected = actual[defined], expected[defined]
+    if truth is not None:
+        rounding = 2 * np.nan_to_num(np.abs(expected - truth[defined]), posinf=0.0)
+        tol = tolerance(dtype)
+        allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + rounding
+        bad = ~(np.abs(actual - expected) <= allowed) & ~(actual == expected)
+        assert not bad.any(), (what, actual[bad], expected[bad], allowed[bad])
+        return
+    np.testing.assert_allclose(actual, expected, err_msg=what, **tolerance(dtype))
 
 
 # --- values and gradients against TF autodiff ---
@@ -130,8 +142,9 @@ def test_value_and_gradient_match_autodiff(fn, dtype, mode):
     x = sample(dtype)
     y, d = nestad_y_d(activation, x, mode)
     y_ref, d_ref = reference_y_d(fn, x)
+    _, d_true = reference_y_d(fn, tf.cast(x, tf.float64))
     assert_matches_reference(y, y_ref, dtype, f"{fn.__name__} y")
-    assert_matches_reference(d, d_ref, dtype, f"{fn.__name__} f'")
+    assert_matches_reference(d, d_ref, dtype, f"{fn.__name__} f'", truth=d_true)
 
 
 @pytest.mark.parametrize("fn", [swish_beta, snake, max_x_tanh], ids=composite_id)
