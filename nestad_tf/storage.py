@@ -29,7 +29,8 @@ Modes:
 
 Lossy modes apply to the activations whose exact form keeps f'; for the others
 the exact form is already cheaper and is used. Only the fused kernels compress:
-the pure-TF path (backend="tf", XLA) keeps f' in the compute dtype. Values of
+the pure-TF path (backend="tf", XLA, forward_ad activations, tensor parameters)
+keeps f' in the compute dtype. Values of
 y never change; only the gradient is approximated.
 """
 
