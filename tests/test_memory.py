@@ -15,7 +15,8 @@ import nestad_tf
 BATCH, WIDTH, DEPTH = 512, 512, 6
 
 
-def training_step_peak(activation):
+def training_step(activation):
+    """A traced SGD step of DEPTH Dense layers with `activation`; model and slots built."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((WIDTH,))]
@@ -23,6 +24,7 @@ def training_step_peak(activation):
         + [keras.layers.Dense(1)]
     )
     optimizer = keras.optimizers.SGD(1e-3)
+    optimizer.build(model.trainable_variables)
     x = tf.random.normal((BATCH, WIDTH), seed=1)
     y = tf.random.normal((BATCH, 1), seed=2)
 
@@ -34,7 +36,12 @@ def training_step_peak(activation):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    step()  # trace, build the optimizer slots
+    return step
+
+
+def training_step_peak(activation):
+    step = training_step(activation)
+    step()  # trace
     tf.config.experimental.reset_memory_stats("CPU:0")
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     loss = step()
@@ -93,25 +100,7 @@ def resident_growth(activation):
     The model is built and the optimizer's slots created first, so what remains
     is what the traced function holds: constants folded into its graph.
     """
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((WIDTH,))]
-        + [keras.layers.Dense(WIDTH, activation=activation) for _ in range(DEPTH)]
-        + [keras.layers.Dense(1)]
-    )
-    optimizer = keras.optimizers.SGD(1e-3)
-    optimizer.build(model.trainable_variables)
-    x = tf.random.normal((BATCH, WIDTH), seed=1)
-    y = tf.random.normal((BATCH, 1), seed=2)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
+    step = training_step(activation)
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     step()
     step()
