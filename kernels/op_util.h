@@ -1,5 +1,6 @@
-// What nestad's OpKernels share on every device: reading the activation
-// attributes and checking that two inputs have the same shape.
+// What nestad's OpKernels share on every device: reading and validating the
+// activation and storage attributes, and checking input shapes, so that the
+// CPU and GPU kernels of an op give the same errors.
 #ifndef NESTAD_KERNELS_OP_UTIL_H_
 #define NESTAD_KERNELS_OP_UTIL_H_
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "fused_activation.h"
+#include "storage.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 // Every op's full name: NESTAD_OP("FusedActivation") is
@@ -43,6 +45,49 @@ inline absl::Status SameShape(const std::string& op_name, const char* a_name,
   return absl::InvalidArgumentError(op_name + ": " + a_name + " and " + b_name +
                                     " must have the same shape, got " + a.shape().DebugString() +
                                     " and " + b.shape().DebugString());
+}
+
+// InvalidArgument unless f' of the activation can be recovered from its output y
+// with these parameters (the ActivationGradFromOutput kernels).
+inline absl::Status CheckDerivativeFromOutput(const std::string& op_name,
+                                              const ActivationAttrs& attrs) {
+  const bool supported = VisitActivation(attrs.kind, attrs.params.data(), [](auto f) {
+    if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
+      return f.HasDerivativeFromOutput();
+    } else {
+      return false;
+    }
+  });
+  if (supported) return absl::OkStatus();
+  return absl::InvalidArgumentError(op_name + ": f' of '" + std::string(Info(attrs.kind).name) +
+                                    "' cannot be recovered from its output with these parameters");
+}
+
+// The storage attributes (format, bits, breakpoints, levels, range) as a
+// validated Quantizer (kernels/storage.h).
+inline absl::Status ReadQuantizer(tensorflow::OpKernelConstruction* ctx,
+                                  const std::string& op_name, Quantizer* q) {
+  std::string format;
+  int bits = 0;
+  std::vector<float> breakpoints, levels, range;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("format", &format));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("bits", &bits));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("breakpoints", &breakpoints));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("levels", &levels));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("range", &range));
+  const std::string error = MakeQuantizer(format, bits, breakpoints, levels, range, q);
+  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
+}
+
+// InvalidArgument unless `code` is the vector of packed codes of n elements at
+// `bits` bits per element.
+inline absl::Status CheckPackedCodes(const std::string& op_name, const tensorflow::Tensor& code,
+                                     int64_t n, int bits) {
+  if (code.dims() == 1 && code.NumElements() == PackedBytes(n, bits)) return absl::OkStatus();
+  return absl::InvalidArgumentError(op_name + ": code must be a vector of " +
+                                    std::to_string(PackedBytes(n, bits)) + " bytes for " +
+                                    std::to_string(n) + " elements at " + std::to_string(bits) +
+                                    " bits, got shape " + code.shape().DebugString());
 }
 
 }  // namespace nestad

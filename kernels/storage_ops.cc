@@ -98,19 +98,6 @@ REGISTER_OP(NESTAD_OP("ActivationGradQuantized"))
     })
     .Doc("dx = dy * f'(x), decoding f'(x) from the packed codes of FusedActivationQuantized.");
 
-absl::Status ReadQuantizer(OpKernelConstruction* ctx, const std::string& op_name, Quantizer* q) {
-  std::string format;
-  int bits = 0;
-  std::vector<float> breakpoints, levels, range;
-  TF_RETURN_IF_ERROR(ctx->GetAttr("format", &format));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("bits", &bits));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("breakpoints", &breakpoints));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("levels", &levels));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("range", &range));
-  const std::string error = MakeQuantizer(format, bits, breakpoints, levels, range, q);
-  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
-}
-
 template <typename Functor, typename S>
 NESTAD_CPU_CLONES void ForwardOnlyRange(const Functor f, const S* x, S* y, int64_t begin,
                                         int64_t end) {
@@ -187,18 +174,7 @@ class ActivationGradFromOutputOp : public OpKernel {
  public:
   explicit ActivationGradFromOutputOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, attrs_.Read(ctx, NESTAD_OP("ActivationGradFromOutput")));
-    const bool supported = VisitActivation(attrs_.kind, attrs_.params.data(), [](auto f) {
-      if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
-        return f.HasDerivativeFromOutput();
-      } else {
-        return false;
-      }
-    });
-    OP_REQUIRES(ctx, supported,
-                absl::InvalidArgumentError(
-                    NESTAD_OP("ActivationGradFromOutput") ": f' of '" +
-                    std::string(Info(attrs_.kind).name) +
-                    "' cannot be recovered from its output with these parameters"));
+    OP_REQUIRES_OK(ctx, CheckDerivativeFromOutput(NESTAD_OP("ActivationGradFromOutput"), attrs_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -267,12 +243,8 @@ class ActivationGradQuantizedOp : public OpKernel {
     const Tensor& dy = ctx->input(0);
     const Tensor& code = ctx->input(1);
     const int64_t n = dy.NumElements();
-    OP_REQUIRES(ctx, code.dims() == 1 && code.NumElements() == PackedBytes(n, quantizer_.bits),
-                absl::InvalidArgumentError(
-                    NESTAD_OP("ActivationGradQuantized") ": code must be a vector of " +
-                    std::to_string(PackedBytes(n, quantizer_.bits)) + " bytes for " +
-                    std::to_string(n) + " elements at " + std::to_string(quantizer_.bits) +
-                    " bits, got shape " + code.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckPackedCodes(NESTAD_OP("ActivationGradQuantized"), code, n,
+                                         quantizer_.bits));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
     const S* dyp = dy.flat<S>().data();
