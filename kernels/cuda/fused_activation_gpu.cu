@@ -1,7 +1,7 @@
-// Public launchers of the CUDA fused activation kernels (API in
+// Public launchers of the CUDA activation kernels (API in
 // fused_activation_gpu.h) and the launch configuration they share. Compiled by
 // nvcc without TensorFlow headers; the kernels themselves are instantiated per
-// storage type in fused_activation_gpu_<type>.cu.
+// storage type in fused_activation_gpu_<type>.cu and storage_gpu_<type>.cu.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -88,7 +88,9 @@ const char* WithStorageType(ElementType type, Launch&& launch) {
 const char* LaunchFusedForward(const ForwardArgs& args, CUstream_st* stream) {
   if (args.n < 0) return "nestad gpu: negative element count";
   if (args.n == 0) return nullptr;
-  if (args.x == nullptr || args.y == nullptr || args.derivative == nullptr) {
+  // kFromOutput stores no derivative: its pointer may be null.
+  if (args.x == nullptr || args.y == nullptr ||
+      (args.derivative == nullptr && args.storage != DerivativeStorage::kFromOutput)) {
     return "nestad gpu: null tensor pointer";
   }
   return WithStorageType(args.type, [&](auto s) {

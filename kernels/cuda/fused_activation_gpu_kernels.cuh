@@ -1,20 +1,21 @@
-// The CUDA kernels of the fused activation pair, for nvcc only.
+// The CUDA kernels of the fused activation pair, for nvcc only, and what the
+// storage-form kernels (storage_gpu_kernels.cuh) share with them.
 //
 // The work of one thread is a host/device function (ForwardThread,
 // BackwardThread): the __global__ kernels call it with their grid position,
 // and tools/gpu_check also runs it on the CPU over a fake grid to check the
 // indexing without a GPU.
 //
-// Each thread walks a grid-stride loop over 16-byte packs (8 half/bfloat16,
-// 4 float, 2 double elements), converts half types to float in pairs
-// (half2/bfloat162 conversions), applies FusedForwardElement /
+// Each thread walks a grid-stride loop over 16-byte packs (ForEachPack: 8
+// half/bfloat16, 4 float, 2 double elements), converts half types to float in
+// pairs (half2/bfloat162 conversions), applies FusedForwardElement /
 // FusedBackwardElement from kernels/fused_activation.h (the same code as the
 // CPU kernels), and finishes the < kVec tail elements one by one. Indices are
 // 64-bit. kVec = 1 is the path for pointers that are not 16-byte aligned.
 //
 // ForwardFor<S> / BackwardFor<S> launch them for one storage type; each type
-// is instantiated in its own fused_activation_gpu_<type>.cu, so the four
-// compile in parallel.
+// is instantiated in its own fused_activation_gpu_<type>.cu (and its storage
+// forms in storage_gpu_<type>.cu), so that they compile in parallel.
 #ifndef NESTAD_KERNELS_CUDA_FUSED_ACTIVATION_GPU_KERNELS_CUH_
 #define NESTAD_KERNELS_CUDA_FUSED_ACTIVATION_GPU_KERNELS_CUH_
 
@@ -24,6 +25,7 @@
 
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include "../fused_activation.h"
 #include "fused_activation_gpu.h"
@@ -40,7 +42,7 @@ template <> struct StorageOf<ElementType::kFloat64> { using type = double; };
 
 // Elements per 16-byte access.
 template <typename S>
-constexpr int VectorWidth() { return static_cast<int>(16 / sizeof(S)); }
+NESTAD_HD constexpr int VectorWidth() { return static_cast<int>(16 / sizeof(S)); }
 
 // kVec elements loaded or stored with one instruction (16 bytes for the
 // vector path; requires the pointer to be aligned to the whole pack).
@@ -134,28 +136,35 @@ template <DerivativeStorage kStorage, typename S> struct DerivativeCodec;
 template <typename S>
 struct DerivativeCodec<DerivativeStorage::kExact, S> { using type = ExactDerivative<S>; };
 
+// Calls body(i, width) over the share of thread `thread` out of `threads` of
+// [0, n): first packs of kVec elements (i = p * kVec, width =
+// integral_constant<int, kVec>), then the < kVec tail elements one by one
+// (width 1). Indices are 64-bit.
+template <int kVec, typename Body>
+NESTAD_HD void ForEachPack(int64_t n, int64_t thread, int64_t threads, Body&& body) {
+  const int64_t num_packs = n / kVec;
+  for (int64_t p = thread; p < num_packs; p += threads) {
+    body(p * kVec, std::integral_constant<int, kVec>());
+  }
+  for (int64_t i = num_packs * kVec + thread; i < n; i += threads) {
+    body(i, std::integral_constant<int, 1>());
+  }
+}
+
 // Forward pass of thread `thread` out of `threads`: y, d for its share of [0, n).
 template <typename Functor, typename S, int kVec, typename Codec>
 NESTAD_HD void ForwardThread(const Functor& f, const S* x, S* y, typename Codec::Code* d,
                              int64_t n, int64_t thread, int64_t threads) {
   using C = typename ComputeType<S>::type;
-  const int64_t num_packs = n / kVec;
-  for (int64_t p = thread; p < num_packs; p += threads) {
-    const int64_t i = p * kVec;
-    C xs[kVec], ys[kVec], ds[kVec];
-    LoadPack<S, C, kVec>(x + i, xs);
+  ForEachPack<kVec>(n, thread, threads, [&](int64_t i, auto width) {
+    constexpr int kWidth = decltype(width)::value;
+    C xs[kWidth], ys[kWidth], ds[kWidth];
+    LoadPack<S, C, kWidth>(x + i, xs);
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) FusedForwardElement(f, xs[k], ys[k], ds[k]);
-    StorePack<S, C, kVec>(ys, y + i);
-    Codec::template Store<C, kVec>(ds, d + i);
-  }
-  for (int64_t i = num_packs * kVec + thread; i < n; i += threads) {
-    C xs[1], ys[1], ds[1];
-    LoadPack<S, C, 1>(x + i, xs);
-    FusedForwardElement(f, xs[0], ys[0], ds[0]);
-    StorePack<S, C, 1>(ys, y + i);
-    Codec::template Store<C, 1>(ds, d + i);
-  }
+    for (int k = 0; k < kWidth; ++k) FusedForwardElement(f, xs[k], ys[k], ds[k]);
+    StorePack<S, C, kWidth>(ys, y + i);
+    Codec::template Store<C, kWidth>(ds, d + i);
+  });
 }
 
 // Backward pass of thread `thread` out of `threads`: dx = dy * d for its share of [0, n).
@@ -163,23 +172,15 @@ template <typename S, int kVec, typename Codec>
 NESTAD_HD void BackwardThread(const S* dy, const typename Codec::Code* d, S* dx, int64_t n,
                               int64_t thread, int64_t threads) {
   using C = typename ComputeType<S>::type;
-  const int64_t num_packs = n / kVec;
-  for (int64_t p = thread; p < num_packs; p += threads) {
-    const int64_t i = p * kVec;
-    C dys[kVec], ds[kVec], dxs[kVec];
-    LoadPack<S, C, kVec>(dy + i, dys);
-    Codec::template Load<C, kVec>(d + i, ds);
+  ForEachPack<kVec>(n, thread, threads, [&](int64_t i, auto width) {
+    constexpr int kWidth = decltype(width)::value;
+    C dys[kWidth], ds[kWidth], dxs[kWidth];
+    LoadPack<S, C, kWidth>(dy + i, dys);
+    Codec::template Load<C, kWidth>(d + i, ds);
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) dxs[k] = FusedBackwardElement(dys[k], ds[k]);
-    StorePack<S, C, kVec>(dxs, dx + i);
-  }
-  for (int64_t i = num_packs * kVec + thread; i < n; i += threads) {
-    C dys[1], ds[1], dxs[1];
-    LoadPack<S, C, 1>(dy + i, dys);
-    Codec::template Load<C, 1>(d + i, ds);
-    dxs[0] = FusedBackwardElement(dys[0], ds[0]);
-    StorePack<S, C, 1>(dxs, dx + i);
-  }
+    for (int k = 0; k < kWidth; ++k) dxs[k] = FusedBackwardElement(dys[k], ds[k]);
+    StorePack<S, C, kWidth>(dxs, dx + i);
+  });
 }
 
 // Whether every pointer allows kVec-element packs of its type.
@@ -192,20 +193,22 @@ inline bool PacksAligned(const Pointers*... pointers) {
 
 constexpr int kThreadsPerBlock = 256;
 
+// This thread's index in the grid and the grid's size in threads, 64-bit.
+__device__ inline int64_t GridThread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ inline int64_t GridThreads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
 template <typename Functor, typename S, int kVec, typename Codec>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     FusedForwardKernel(Functor f, const S* x, S* y, typename Codec::Code* d, int64_t n) {
-  ForwardThread<Functor, S, kVec, Codec>(
-      f, x, y, d, n, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * blockDim.x);
+  ForwardThread<Functor, S, kVec, Codec>(f, x, y, d, n, GridThread(), GridThreads());
 }
 
 template <typename S, int kVec, typename Codec>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     FusedBackwardKernel(const S* dy, const typename Codec::Code* d, S* dx, int64_t n) {
-  BackwardThread<S, kVec, Codec>(dy, d, dx, n,
-                                 static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
-                                 static_cast<int64_t>(gridDim.x) * blockDim.x);
+  BackwardThread<S, kVec, Codec>(dy, d, dx, n, GridThread(), GridThreads());
 }
 
 // Blocks for a grid-stride kernel over `work_items` thread work items (packs):
@@ -271,15 +274,25 @@ const char* BackwardWithCodec(const BackwardArgs& args, cudaStream_t stream) {
   return ErrorMessage(error);
 }
 
+// Launchers of the kFromOutput and kQuantized forms for storage type S
+// (storage_gpu_kernels.cuh, instantiated in storage_gpu_<type>.cu).
+template <typename S>
+const char* ForwardStorageFor(const ForwardArgs& args, cudaStream_t stream);
+template <typename S>
+const char* BackwardStorageFor(const BackwardArgs& args, cudaStream_t stream);
+
 // Launchers for storage type S (args.n > 0 and non-null pointers, checked by
 // the callers in fused_activation_gpu.cu); the derivative storage form picks
-// the codec.
+// the codec or the storage-form kernels.
 template <typename S>
 const char* ForwardFor(const ForwardArgs& args, cudaStream_t stream) {
   switch (args.storage) {
     case DerivativeStorage::kExact:
       return ForwardWithCodec<S, typename DerivativeCodec<DerivativeStorage::kExact, S>::type>(
           args, stream);
+    case DerivativeStorage::kFromOutput:
+    case DerivativeStorage::kQuantized:
+      return ForwardStorageFor<S>(args, stream);
   }
   return "nestad gpu: unsupported derivative storage form";
 }
@@ -290,15 +303,20 @@ const char* BackwardFor(const BackwardArgs& args, cudaStream_t stream) {
     case DerivativeStorage::kExact:
       return BackwardWithCodec<S, typename DerivativeCodec<DerivativeStorage::kExact, S>::type>(
           args, stream);
+    case DerivativeStorage::kFromOutput:
+    case DerivativeStorage::kQuantized:
+      return BackwardStorageFor<S>(args, stream);
   }
   return "nestad gpu: unsupported derivative storage form";
 }
 
-// Instantiated once each, in fused_activation_gpu_<type>.cu.
+// Instantiated once each, in fused_activation_gpu_<type>.cu and storage_gpu_<type>.cu.
 #define NESTAD_GPU_STORAGE_TYPES(X) X(__half) X(__nv_bfloat16) X(float) X(double)
-#define NESTAD_GPU_DECLARE_LAUNCHERS(S)                                           \
-  extern template const char* ForwardFor<S>(const ForwardArgs&, cudaStream_t);   \
-  extern template const char* BackwardFor<S>(const BackwardArgs&, cudaStream_t);
+#define NESTAD_GPU_DECLARE_LAUNCHERS(S)                                                \
+  extern template const char* ForwardFor<S>(const ForwardArgs&, cudaStream_t);        \
+  extern template const char* BackwardFor<S>(const BackwardArgs&, cudaStream_t);      \
+  extern template const char* ForwardStorageFor<S>(const ForwardArgs&, cudaStream_t); \
+  extern template const char* BackwardStorageFor<S>(const BackwardArgs&, cudaStream_t);
 NESTAD_GPU_STORAGE_TYPES(NESTAD_GPU_DECLARE_LAUNCHERS)
 #undef NESTAD_GPU_DECLARE_LAUNCHERS
 
