@@ -70,7 +70,9 @@ def _tensorflow_build_flags():
 
 GPU_LIBRARY_NAME = "_nestad_ops_gpu.so"
 CUDA_DIR = os.path.join(ROOT, "kernels", "cuda")
-GPU_GLUE_SOURCE = os.path.join(CUDA_DIR, "fused_activation_gpu_ops.cc")
+# kernels/cuda/*.cu: the kernels (nvcc, no TF headers); kernels/cuda/*_ops.cc: their TF op
+# glue (the C++ compiler, against TF's CUDA headers). .ci/cuda_check.sh uses the same rule.
+GPU_GLUE_SUFFIX = "_ops.cc"
 
 
 def _find_nvcc():
@@ -120,10 +122,12 @@ def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_i
             obj = os.path.join(temp, name + ".o")
             jobs.append(([nvcc] + _nvcc_flags() + include
                          + ["-c", os.path.join(CUDA_DIR, name), "-o", obj], obj))
-    glue_obj = os.path.join(temp, "fused_activation_gpu_ops.o")
-    jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
-                 + ["-I" + cuda_include, "-DGOOGLE_CUDA=1", GPU_GLUE_SOURCE, "-o", glue_obj],
-                 glue_obj))
+    for name in sorted(os.listdir(CUDA_DIR)):
+        if name.endswith(GPU_GLUE_SUFFIX):
+            glue_obj = os.path.join(temp, name + ".o")
+            jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
+                         + ["-I" + cuda_include, "-DGOOGLE_CUDA=1", os.path.join(CUDA_DIR, name),
+                            "-o", glue_obj], glue_obj))
 
     def run(command):
         result = subprocess.run(command, capture_output=True, text=True)

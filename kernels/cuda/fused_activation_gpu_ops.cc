@@ -12,6 +12,7 @@
 #include "../fused_activation.h"
 #include "../op_util.h"
 #include "fused_activation_gpu.h"
+#include "gpu_op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 
@@ -22,15 +23,6 @@ using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
-
-template <typename S> constexpr gpu::ElementType kElementType = gpu::ElementType::kFloat32;
-template <> constexpr gpu::ElementType kElementType<Eigen::half> = gpu::ElementType::kFloat16;
-template <> constexpr gpu::ElementType kElementType<Eigen::bfloat16> = gpu::ElementType::kBFloat16;
-template <> constexpr gpu::ElementType kElementType<double> = gpu::ElementType::kFloat64;
-
-CUstream_st* OpStream(OpKernelContext* ctx) {
-  return ctx->eigen_device<Eigen::GpuDevice>().stream();
-}
 
 template <typename S>
 class FusedActivationGpuOp : public OpKernel {
@@ -54,10 +46,8 @@ class FusedActivationGpuOp : public OpKernel {
     args.x = x.flat<S>().data();
     args.y = y->flat<S>().data();
     args.derivative = d->flat<S>().data();
-    const char* error = gpu::LaunchFusedForward(args, OpStream(ctx));
-    OP_REQUIRES(ctx, error == nullptr,
-                absl::InternalError(std::string(NESTAD_OP("FusedActivation") " GPU launch: ") +
-                                    (error ? error : "")));
+    OP_REQUIRES_OK(ctx, LaunchStatus(NESTAD_OP("FusedActivation"),
+                                     gpu::LaunchFusedForward(args, OpStream(ctx))));
   }
 
  private:
@@ -82,10 +72,8 @@ class FusedActivationGradGpuOp : public OpKernel {
     args.dy = dy.flat<S>().data();
     args.derivative = d.flat<S>().data();
     args.dx = dx->flat<S>().data();
-    const char* error = gpu::LaunchFusedBackward(args, OpStream(ctx));
-    OP_REQUIRES(ctx, error == nullptr,
-                absl::InternalError(std::string(NESTAD_OP("FusedActivationGrad") " GPU launch: ") +
-                                    (error ? error : "")));
+    OP_REQUIRES_OK(ctx, LaunchStatus(NESTAD_OP("FusedActivationGrad"),
+                                     gpu::LaunchFusedBackward(args, OpStream(ctx))));
   }
 };
 
