@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI compile check of the CUDA code; needs nvcc, no GPU. Skips (exit 0) without nvcc.
 #   1. kernels/cuda/*.cu with the flags of kernels/cuda/nvcc_flags.txt, SASS for sm_80 and sm_90;
-#   2. the TF op glue (kernels/cuda/fused_activation_gpu_ops.cc, g++ -DGOOGLE_CUDA=1) when CUDA
+#   2. the TF op glue (kernels/cuda/*_ops.cc, g++ -DGOOGLE_CUDA=1) when CUDA
 #      TensorFlow headers are at hand: $NESTAD_TF_CUDA_INCLUDE (a CUDA TF wheel's
 #      tensorflow/include), or the Python's TensorFlow when it is a CUDA build;
 #   3. tools/gpu_check (sm_90), linked, and its --self-check run (CPU only).
@@ -40,11 +40,13 @@ if [[ -z "$TF_INCLUDE" ]] && command -v python3 >/dev/null; then
   TF_INCLUDE="$(python3 -c 'import tensorflow as tf; print(tf.sysconfig.get_include() if tf.sysconfig.get_build_info().get("is_cuda_build") else "")' 2>/dev/null || true)"
 fi
 if [[ -n "$TF_INCLUDE" && -f "$TF_INCLUDE/third_party/gpus/cuda/include/cuda_runtime.h" ]]; then
-  compile fused_activation_gpu_ops.cc "${CXX:-g++}" -c -O2 -g0 -fPIC --std=c++17 \
-    -D_GLIBCXX_USE_CXX11_ABI=1 -DEIGEN_MAX_ALIGN_BYTES=64 -DGOOGLE_CUDA=1 \
-    -Wno-deprecated-declarations -Wno-interference-size -Wno-unused-function \
-    -I"$TF_INCLUDE" -I"$TF_INCLUDE/third_party/gpus/cuda/include" "${INCLUDE[@]}" \
-    "$ROOT/kernels/cuda/fused_activation_gpu_ops.cc" -o "$OUT/glue.o"
+  for glue in "$ROOT"/kernels/cuda/*_ops.cc; do
+    compile "$(basename "$glue")" "${CXX:-g++}" -c -O2 -g0 -fPIC --std=c++17 \
+      -D_GLIBCXX_USE_CXX11_ABI=1 -DEIGEN_MAX_ALIGN_BYTES=64 -DGOOGLE_CUDA=1 \
+      -Wno-deprecated-declarations -Wno-interference-size -Wno-unused-function \
+      -I"$TF_INCLUDE" -I"$TF_INCLUDE/third_party/gpus/cuda/include" "${INCLUDE[@]}" \
+      "$glue" -o "$OUT/glue_$(basename "$glue" .cc).o"
+  done
 else
   echo "cuda_check: TF op glue not compiled (no CUDA TensorFlow headers; set NESTAD_TF_CUDA_INCLUDE)"
 fi
@@ -58,7 +60,9 @@ for i in "${!pids[@]}"; do
   fi
 done
 if [[ $failed -eq 0 ]]; then
-  objects=("$OUT"/fused_activation_gpu*.o "$OUT/gpu_check.o")
+  objects=()
+  for src in "$ROOT"/kernels/cuda/*.cu; do objects+=("$OUT/$(basename "$src" .cu).o"); done
+  objects+=("$OUT/gpu_check.o")
   if "$NVCC" -gencode=arch=compute_90,code=sm_90 "${objects[@]}" -o "$OUT/gpu_check" \
       > "$OUT/link.log" 2>&1 && "$OUT/gpu_check" --self-check > "$OUT/self_check.log" 2>&1; then
     tail -1 "$OUT/self_check.log"
