@@ -82,9 +82,15 @@ def main():
     print(f"{'':8} {'peak MiB/step':>14} {'step s':>8} {'test acc':>9}")
     for name, (peak, seconds, accuracy) in results.items():
         print(f"{name:8} {peak:14.1f} {seconds:8.3f} {accuracy:9.3f}")
-    saved = results["keras"][0] - results["nestad"][0]
-    print(f"\nnestad saved {saved:.1f} MiB of training-step peak memory "
-          f"({results['keras'][0] / results['nestad'][0]:.2f}x lower)")
+    keras_peak, nestad_peak = results["keras"][0], results["nestad"][0]
+    if nestad_peak <= 0:
+        # TensorFlow's CPU allocator statistics count only allocations of 256 KiB
+        # and more; smaller tensors go to an allocator without statistics.
+        print("\nthe step's tensors are too small to measure (the CPU allocator counts only "
+              "allocations of 256 KiB and more): use a larger --width or --batch")
+        return
+    print(f"\nnestad saved {keras_peak - nestad_peak:.1f} MiB of training-step peak memory "
+          f"({keras_peak / nestad_peak:.2f}x lower)")
 
 
 if __name__ == "__main__":
