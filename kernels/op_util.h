@@ -20,6 +20,12 @@
 #define NESTAD_OP_NAMESPACE "Import_nestad_tf"
 #define NESTAD_OP(name) NESTAD_OP_NAMESPACE ">" name
 
+// Registers OpKernel class template Kernel<S> for op NESTAD_OP(name) on `device`
+// (DEVICE_CPU, DEVICE_GPU) with attribute T = S.
+#define NESTAD_REGISTER_KERNEL(name, device, S, Kernel)                                   \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name(NESTAD_OP(name)).Device(::tensorflow::device).TypeConstraint<S>("T"), Kernel<S>)
+
 namespace nestad {
 
 // The `activation` and `params` attributes, validated.

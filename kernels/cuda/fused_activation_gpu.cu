@@ -1,7 +1,7 @@
 // Public launchers of the CUDA activation kernels (API in
 // fused_activation_gpu.h) and the launch configuration they share. Compiled by
 // nvcc without TensorFlow headers; the kernels themselves are instantiated per
-// storage type in fused_activation_gpu_<type>.cu and storage_gpu_<type>.cu.
+// storage type in fused_activation_gpu_<type>.cu.
 #include <cuda_runtime.h>
 
 #include <atomic>

@@ -14,8 +14,8 @@
 // 64-bit. kVec = 1 is the path for pointers that are not 16-byte aligned.
 //
 // ForwardFor<S> / BackwardFor<S> launch them for one storage type; each type
-// is instantiated in its own fused_activation_gpu_<type>.cu (and its storage
-// forms in storage_gpu_<type>.cu), so that they compile in parallel.
+// is instantiated in its own fused_activation_gpu_<type>.cu (with the storage
+// forms of storage_gpu_kernels.cuh), so that the four compile in parallel.
 #ifndef NESTAD_KERNELS_CUDA_FUSED_ACTIVATION_GPU_KERNELS_CUH_
 #define NESTAD_KERNELS_CUDA_FUSED_ACTIVATION_GPU_KERNELS_CUH_
 
@@ -275,7 +275,7 @@ const char* BackwardWithCodec(const BackwardArgs& args, cudaStream_t stream) {
 }
 
 // Launchers of the kFromOutput and kQuantized forms for storage type S
-// (storage_gpu_kernels.cuh, instantiated in storage_gpu_<type>.cu).
+// (storage_gpu_kernels.cuh, instantiated in fused_activation_gpu_<type>.cu).
 template <typename S>
 const char* ForwardStorageFor(const ForwardArgs& args, cudaStream_t stream);
 template <typename S>
@@ -310,7 +310,7 @@ const char* BackwardFor(const BackwardArgs& args, cudaStream_t stream) {
   return "nestad gpu: unsupported derivative storage form";
 }
 
-// Instantiated once each, in fused_activation_gpu_<type>.cu and storage_gpu_<type>.cu.
+// Instantiated once each, in fused_activation_gpu_<type>.cu.
 #define NESTAD_GPU_STORAGE_TYPES(X) X(__half) X(__nv_bfloat16) X(float) X(double)
 #define NESTAD_GPU_DECLARE_LAUNCHERS(S)                                                \
   extern template const char* ForwardFor<S>(const ForwardArgs&, cudaStream_t);        \

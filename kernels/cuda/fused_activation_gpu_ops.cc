@@ -77,14 +77,9 @@ class FusedActivationGradGpuOp : public OpKernel {
   }
 };
 
-#define NESTAD_REGISTER_GPU(S)                                                               \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name(NESTAD_OP("FusedActivation")).Device(::tensorflow::DEVICE_GPU).TypeConstraint<S>("T"), \
-      FusedActivationGpuOp<S>);                                                              \
-  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("FusedActivationGrad"))                                 \
-                              .Device(::tensorflow::DEVICE_GPU)                              \
-                              .TypeConstraint<S>("T"),                                       \
-                          FusedActivationGradGpuOp<S>);
+#define NESTAD_REGISTER_GPU(S)                                                  \
+  NESTAD_REGISTER_KERNEL("FusedActivation", DEVICE_GPU, S, FusedActivationGpuOp); \
+  NESTAD_REGISTER_KERNEL("FusedActivationGrad", DEVICE_GPU, S, FusedActivationGradGpuOp);
 NESTAD_REGISTER_GPU(Eigen::half)
 NESTAD_REGISTER_GPU(Eigen::bfloat16)
 NESTAD_REGISTER_GPU(float)

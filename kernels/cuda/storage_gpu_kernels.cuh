@@ -17,7 +17,7 @@
 // As in fused_activation_gpu_kernels.cuh, each thread's work is a host/device
 // function that tools/gpu_check --self-check also runs on the CPU. The
 // launchers ForwardStorageFor<S> / BackwardStorageFor<S> are instantiated per
-// storage type in storage_gpu_<type>.cu.
+// storage type in fused_activation_gpu_<type>.cu.
 #ifndef NESTAD_KERNELS_CUDA_STORAGE_GPU_KERNELS_CUH_
 #define NESTAD_KERNELS_CUDA_STORAGE_GPU_KERNELS_CUH_
 
@@ -310,6 +310,15 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                              GridThreads());
 }
 
+// nullptr when a launch with this storage form and quantizer can go ahead
+// (kQuantized, a quantizer with a packing width), else why not.
+inline const char* CheckQuantized(DerivativeStorage storage, const Quantizer* quantizer) {
+  if (storage != DerivativeStorage::kQuantized) return "nestad gpu: not a storage form";
+  if (quantizer == nullptr) return "nestad gpu: kQuantized needs a quantizer";
+  if (!IsPackingWidth(quantizer->bits)) return "nestad gpu: unsupported number of bits per code";
+  return nullptr;
+}
+
 // Launchers for storage type S (args.n > 0 and the tensor pointers checked by
 // the callers in fused_activation_gpu.cu).
 template <typename S>
@@ -328,10 +337,8 @@ const char* ForwardStorageFor(const ForwardArgs& args, cudaStream_t stream) {
               : LaunchGridStride(&ForwardOnlyKernel<Functor, S, 1>, n, stream, f, x, y, n));
     });
   }
-  if (args.storage != DerivativeStorage::kQuantized) return "nestad gpu: not a storage form";
-  if (args.quantizer == nullptr) return "nestad gpu: kQuantized needs a quantizer";
+  if (const char* error = CheckQuantized(args.storage, args.quantizer)) return error;
   const Quantizer& q = *args.quantizer;
-  if (!IsPackingWidth(q.bits)) return "nestad gpu: unsupported number of bits per code";
   uint8_t* code = static_cast<uint8_t*>(args.derivative);
   const bool aligned = PacksAligned<kVec>(x, y) && PacksAligned<16>(code);
   const int64_t groups = (n + kGroup - 1) / kGroup;
@@ -366,10 +373,8 @@ const char* BackwardStorageFor(const BackwardArgs& args, cudaStream_t stream) {
       }
     });
   }
-  if (args.storage != DerivativeStorage::kQuantized) return "nestad gpu: not a storage form";
-  if (args.quantizer == nullptr) return "nestad gpu: kQuantized needs a quantizer";
+  if (const char* error = CheckQuantized(args.storage, args.quantizer)) return error;
   const Quantizer& q = *args.quantizer;
-  if (!IsPackingWidth(q.bits)) return "nestad gpu: unsupported number of bits per code";
   const uint8_t* code = static_cast<const uint8_t*>(args.derivative);
   const int64_t groups = (n + kGroup - 1) / kGroup;
   const bool aligned = PacksAligned<kVec>(dy, dx) && PacksAligned<16>(code);

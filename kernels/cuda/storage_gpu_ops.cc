@@ -136,23 +136,13 @@ class ActivationGradQuantizedGpuOp : public OpKernel {
   Quantizer quantizer_;
 };
 
-#define NESTAD_REGISTER_STORAGE_GPU(S)                                                       \
-  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationForward"))                               \
-                              .Device(::tensorflow::DEVICE_GPU)                              \
-                              .TypeConstraint<S>("T"),                                       \
-                          ActivationForwardGpuOp<S>);                                        \
-  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationGradFromOutput"))                        \
-                              .Device(::tensorflow::DEVICE_GPU)                              \
-                              .TypeConstraint<S>("T"),                                       \
-                          ActivationGradFromOutputGpuOp<S>);                                 \
-  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("FusedActivationQuantized"))                        \
-                              .Device(::tensorflow::DEVICE_GPU)                              \
-                              .TypeConstraint<S>("T"),                                       \
-                          FusedActivationQuantizedGpuOp<S>);                                 \
-  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP("ActivationGradQuantized"))                         \
-                              .Device(::tensorflow::DEVICE_GPU)                              \
-                              .TypeConstraint<S>("T"),                                       \
-                          ActivationGradQuantizedGpuOp<S>);
+#define NESTAD_REGISTER_STORAGE_GPU(S)                                                      \
+  NESTAD_REGISTER_KERNEL("ActivationForward", DEVICE_GPU, S, ActivationForwardGpuOp);         \
+  NESTAD_REGISTER_KERNEL("ActivationGradFromOutput", DEVICE_GPU, S,                           \
+                         ActivationGradFromOutputGpuOp);                                     \
+  NESTAD_REGISTER_KERNEL("FusedActivationQuantized", DEVICE_GPU, S,                           \
+                         FusedActivationQuantizedGpuOp);                                     \
+  NESTAD_REGISTER_KERNEL("ActivationGradQuantized", DEVICE_GPU, S, ActivationGradQuantizedGpuOp);
 NESTAD_REGISTER_STORAGE_GPU(Eigen::half)
 NESTAD_REGISTER_STORAGE_GPU(Eigen::bfloat16)
 NESTAD_REGISTER_STORAGE_GPU(float)

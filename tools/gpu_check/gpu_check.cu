@@ -132,6 +132,15 @@ template <> struct TypeInfo<double> {
   static constexpr const char* kName = "float64";
 };
 
+// Calls fn(S()) for every storage type, in the order of the tables.
+template <typename Fn>
+void ForEachType(Fn&& fn) {
+  fn(__half());
+  fn(__nv_bfloat16());
+  fn(float());
+  fn(double());
+}
+
 template <typename S>
 double ToDouble(S value) { return static_cast<double>(static_cast<typename ComputeType<S>::type>(value)); }
 template <typename S>
@@ -409,15 +418,18 @@ std::vector<StorageCase> StorageCases(const Case& c, const std::vector<C>& deriv
   return result;
 }
 
-// f'(x) in the compute type, as the quantized forward op encodes it.
+// y = f(x) and f'(x) in the compute type, as the quantized forward op computes
+// them before it encodes f' (CpuQuantize).
 template <typename S>
-void CpuDerivative(const Case& c, const S* x, typename ComputeType<S>::type* d, int64_t n) {
+void CpuForwardCompute(const Case& c, const S* x, S* y, typename ComputeType<S>::type* d,
+                       int64_t n) {
   using C = typename ComputeType<S>::type;
   VisitActivation(c.kind, c.params.data(), [&](auto f) {
     ParallelChunks(n, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        C y;
-        FusedForwardCompute(f, static_cast<C>(x[i]), y, d[i]);
+        C yc;
+        FusedForwardCompute(f, static_cast<C>(x[i]), yc, d[i]);
+        y[i] = static_cast<S>(yc);
       }
     });
     return 0;
@@ -426,7 +438,8 @@ void CpuDerivative(const Case& c, const S* x, typename ComputeType<S>::type* d, 
 
 // The CPU ops of kernels/storage_ops.cc, element by element from the same
 // headers: ActivationForward, ActivationGradFromOutput, FusedActivationQuantized
-// (codes of a partial last group padded with 0), ActivationGradQuantized.
+// (CpuForwardCompute + CpuQuantize; codes of a partial last group padded with
+// 0), ActivationGradQuantized.
 template <typename S>
 void CpuForwardOnly(const Case& c, const S* x, S* y, int64_t n) {
   VisitActivation(c.kind, c.params.data(), [&](auto f) {
@@ -460,25 +473,19 @@ void CpuBackwardFromOutput(const Case& c, const S* dy, const S* y, S* dx, int64_
   });
 }
 
+// The codes of FusedActivationQuantized from x and f' (CpuForwardCompute).
 template <typename S>
-void CpuQuantizedForward(const Case& c, const Quantizer& q, const S* x, S* y, uint8_t* code,
-                         int64_t n) {
+void CpuQuantize(const Quantizer& q, const S* x, const typename ComputeType<S>::type* d,
+                 uint8_t* code, int64_t n) {
   using C = typename ComputeType<S>::type;
-  VisitActivation(c.kind, c.params.data(), [&](auto f) {
-    ParallelChunks((n + kGroup - 1) / kGroup, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        uint32_t codes[kGroup] = {};
-        for (int k = 0; k < kGroup && g * kGroup + k < n; ++k) {
-          const C xc = static_cast<C>(x[g * kGroup + k]);
-          C yc, dc;
-          FusedForwardCompute(f, xc, yc, dc);
-          y[g * kGroup + k] = static_cast<S>(yc);
-          codes[k] = q.Encode(xc, dc);
-        }
-        PackGroup(codes, q.bits, code + g * q.bits);
+  ParallelChunks((n + kGroup - 1) / kGroup, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      uint32_t codes[kGroup] = {};
+      for (int k = 0; k < kGroup && g * kGroup + k < n; ++k) {
+        codes[k] = q.Encode(static_cast<C>(x[g * kGroup + k]), d[g * kGroup + k]);
       }
-    });
-    return 0;
+      PackGroup(codes, q.bits, code + g * q.bits);
+    }
   });
 }
 
@@ -732,13 +739,13 @@ void EmulateQuantizedCase(const Case& c, const std::vector<S>& inputs, int64_t o
   const std::vector<S> grads = RandomGradients<S>(n);
   std::memcpy(dy.data + offset, grads.data(), n * sizeof(S));
   std::vector<C> derivative(n);
-  CpuDerivative(c, x.data + offset, derivative.data(), n);
+  std::vector<S> want_y(n), want_dx(n);
+  CpuForwardCompute(c, x.data + offset, want_y.data(), derivative.data(), n);
   for (const StorageCase& sc : StorageCases(c, derivative)) {
     const Quantizer& q = sc.q;
     const int64_t bytes = PackedBytes(n, q.bits);
-    std::vector<S> want_y(n), want_dx(n);
     std::vector<uint8_t> want_code(bytes);
-    CpuQuantizedForward(c, q, x.data + offset, want_y.data(), want_code.data(), n);
+    CpuQuantize(q, x.data + offset, derivative.data(), want_code.data(), n);
     CpuQuantizedBackward(q, grads.data(), want_code.data(), want_dx.data(), n);
     Comparison& row = rows->quantized[sc.label];
 
@@ -940,10 +947,7 @@ bool StorageLauncherChecks() {
 
 int SelfCheck(const std::vector<Case>& cases) {
   std::printf("gpu_check --self-check: kernels' per-thread code run on the CPU, no GPU used\n");
-  SelfCheckComparison<__half>();
-  SelfCheckComparison<__nv_bfloat16>();
-  SelfCheckComparison<float>();
-  SelfCheckComparison<double>();
+  ForEachType([](auto s) { SelfCheckComparison<decltype(s)>(); });
   // Launcher argument checks that need no device.
   gpu::ForwardArgs args{};
   args.kind = cases[0].kind;
@@ -962,20 +966,14 @@ int SelfCheck(const std::vector<Case>& cases) {
   SelfCheckCodeComparison();
   PrintAccuracyHeader("per-thread kernel code on the CPU vs CPU reference (exact match required)");
   std::printf("(output: y/d/x = forward y, forward f', backward dx; vK+offset/threads)\n");
-  SelfCheckType<__half>(cases);
-  SelfCheckType<__nv_bfloat16>(cases);
-  SelfCheckType<float>(cases);
-  SelfCheckType<double>(cases);
+  ForEachType([&](auto s) { SelfCheckType<decltype(s)>(cases); });
   PrintAccuracyHeader("storage forms' per-thread code on the CPU vs CPU references (exact match; "
                       "codes byte for byte)");
   std::printf("(output: y only = ActivationForward; dx from y = ActivationGradFromOutput; "
               "<quantizer> y/code/dx = FusedActivationQuantized y and codes, "
               "ActivationGradQuantized dx; over 1, 37 and 64 threads, aligned and unaligned, "
               "and in place)\n");
-  SelfCheckStorageType<__half>(cases);
-  SelfCheckStorageType<__nv_bfloat16>(cases);
-  SelfCheckStorageType<float>(cases);
-  SelfCheckStorageType<double>(cases);
+  ForEachType([&](auto s) { SelfCheckStorageType<decltype(s)>(cases); });
   std::printf("\nself-check: %s (%d failures)\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
 }
@@ -1115,13 +1113,13 @@ void StorageAccuracyType(const std::vector<Case>& cases) {
     }
 
     // FusedActivationQuantized / ActivationGradQuantized, every quantizer.
-    CpuDerivative(c, x.data(), derivative.data(), n);
+    CpuForwardCompute(c, x.data(), want_y.data(), derivative.data(), n);
     Comparison quantized_y, quantized_dx;
     for (const StorageCase& sc : StorageCases(c, derivative)) {
       const Quantizer& q = sc.q;
       const int64_t bytes = PackedBytes(n, q.bits);
       std::vector<uint8_t> want_code(bytes);
-      CpuQuantizedForward(c, q, x.data(), want_y.data(), want_code.data(), n);
+      CpuQuantize(q, x.data(), derivative.data(), want_code.data(), n);
       CpuQuantizedBackward(q, dy.data(), want_code.data(), want_dx.data(), n);
       gpu::ForwardArgs qforward{c.kind, c.params.data(), TypeInfo<S>::kType,
                                 gpu::DerivativeStorage::kQuantized, n, nullptr, nullptr, nullptr,
@@ -1386,19 +1384,13 @@ int Main(int argc, char** argv) {
               prop.totalGlobalMem / 1073741824.0, driver, runtime);
 
   PrintAccuracyHeader("GPU vs CPU implementation (same headers), aligned + unaligned + in-place");
-  AccuracyType<__half>(cases);
-  AccuracyType<__nv_bfloat16>(cases);
-  AccuracyType<float>(cases);
-  AccuracyType<double>(cases);
+  ForEachType([&](auto s) { AccuracyType<decltype(s)>(cases); });
   PrintAccuracyHeader("storage forms: GPU vs CPU implementation (same headers), aligned + "
                       "unaligned + in-place");
   std::printf("(y only / dx from y: ActivationForward / ActivationGradFromOutput; code <q>: "
               "FusedActivationQuantized codes, equal byte for byte up to counted one-step "
               "differences; quantized y / dx: over every quantizer, dx from the CPU's codes)\n");
-  StorageAccuracyType<__half>(cases);
-  StorageAccuracyType<__nv_bfloat16>(cases);
-  StorageAccuracyType<float>(cases);
-  StorageAccuracyType<double>(cases);
+  ForEachType([&](auto s) { StorageAccuracyType<decltype(s)>(cases); });
   std::printf("\naccuracy: %s (%d failing rows)\n", g_failures ? "FAIL" : "PASS", g_failures);
   if (bench) Bench(cases, bench_elements);
   if (bench) {
