@@ -1154,6 +1154,8 @@ void StorageAccuracyType(const std::vector<Case>& cases) {
       LaunchOk(gpu::LaunchFusedForward(qforward, nullptr), "quantized forward in place");
       CUDA_OK(cudaDeviceSynchronize());
       quantized_y.Merge(Compare(x_dev.Download(n).data(), want_y.data(), n, tol));
+      codes.Merge(CompareCodes(code_dev.Download(bytes).data(), want_code.data(), q,
+                               derivative.data(), n, tol));
       Report<S>(("code " + sc.label).c_str(), c.label, codes);
     }
     dy_dev.Upload(dy.data(), n);
