@@ -122,8 +122,7 @@ def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
             warnings.warn(
                 "nestad_tf: a GPU is visible; backend='auto' uses the pure-TF path there "
                 f"(GPU kernels: {library.gpu_reason}; they have not been verified on a GPU "
-                "yet, and the compressed derivative forms have CPU kernels only). "
-                "backend='kernel' uses the fused kernels.",
+                "yet: `bash tools/gpu_check/run.sh` checks them). backend='kernel' uses them.",
                 RuntimeWarning,
                 stacklevel=3,
             )
