@@ -85,12 +85,12 @@ VALUES = np.concatenate([
 ])
 
 
-def run_all(library):
+def run_all(fused_activation):
     results = {}
     for activation in ACTIVATIONS:
         for dtype in DTYPES:
             x = tf.cast(tf.constant(VALUES, tf.float64), dtype)
-            y, derivative = library.import_nestad_tf_fused_activation(x, activation=activation, params=[])
+            y, derivative = fused_activation(x, activation=activation, params=[])
             for name, tensor in (("y", y), ("derivative", derivative)):
                 array = tensor.numpy()
                 results[f"{activation}/{dtype.name}/{name}"] = array.view(BITS[array.itemsize])
@@ -103,12 +103,17 @@ def main(mode, *args):
         loaded = nestad_tf._loader.load()
         if loaded.module is None:
             sys.exit(f"the setup.py-built library cannot be used: {loaded.reason}")
-        np.savez(args[0], **run_all(loaded.module))
+        np.savez(args[0], op_namespace=nestad_tf._loader.OP_NAMESPACE,
+                 **run_all(loaded.module.fused_activation))
         return
     library_path, reference_path = args
+    # This process does not import nestad_tf: its library would register the ops
+    # first, and tf.load_op_library would then give this one no wrappers.
     library = tf.load_op_library(library_path)
     reference = np.load(reference_path)
-    results = run_all(library)
+    # tf.load_op_library names the wrapper after the full op type (see nestad_tf._loader).
+    op_name = f"{str(reference['op_namespace']).lower()}_fused_activation"
+    results = run_all(getattr(library, op_name))
     mismatches = []
     for key, bits in results.items():
         differing = np.flatnonzero(bits != reference[key])
