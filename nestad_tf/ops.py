@@ -334,15 +334,29 @@ def _kernel_backward(dy, d):
     return _loader.load().module.fused_activation_grad(dy, d)
 
 
+def _warn_uncompressed(name: str, derivative: str, why: str) -> None:
+    """A lossy `derivative=` asked for where f' cannot be compressed: say so, not silently."""
+    if derivative in ("exact", "full"):
+        return
+    warnings.warn(
+        f"nestad_tf: derivative={derivative!r} is not applied to '{name}': {why}, which keeps "
+        "f'(x) uncompressed in the compute dtype (only the fused kernels compress it).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
                backend: Optional[str] = None, derivative: str = "exact") -> tf.Tensor:
     """Applies a registered activation with bound parameters (see `activation`)."""
     storage.check_mode(derivative)
     if spec.apply is not None:  # user activations (nestad_tf.register_activation)
+        _warn_uncompressed(spec.name, derivative, "it is a forward_ad activation (pure-TF path)")
         return spec.apply(x, params, backend)
     if any(registry.is_tensor_param(v) for v in params.values()):
         # Tensor parameters get gradients through forward-mode AD of the reference.
         from .forward_ad import apply_with_tensor_params  # pylint: disable=g-import-not-at-top
+        _warn_uncompressed(spec.name, derivative, "its parameters are tensors (pure-TF path)")
         return apply_with_tensor_params(x, spec, params, backend)
     x = _as_float_tensor(x, spec.name)
     chosen = resolve_backend(backend, has_kernel=spec.kernel is not None)
@@ -356,6 +370,8 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
     if chosen == "kernel":
         return _apply_kernel(x, spec, params, storage.plan(spec, params, derivative, x.dtype),
                              second)
+    _warn_uncompressed(spec.name, derivative, "the pure-TF path runs here (XLA, backend='tf', "
+                       "a visible GPU, or no kernel library)")
     if spec.kernel is not None:
         spec.kernel_attrs(params)  # same parameter validation on both paths
     return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)

@@ -1,5 +1,7 @@
 """Saved-derivative storage (`derivative=`): exact forms, lossy codes, packing, memory."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -121,11 +123,24 @@ def test_lossy_modes_apply_only_where_exact_keeps_f_prime():
         nestad_tf.activation(tf.zeros([2]), "gelu", derivative="int4")
 
 
-def test_tf_path_keeps_the_full_derivative_whatever_the_mode():
+def test_tf_path_keeps_the_full_derivative_whatever_the_mode_and_says_so():
     x = tf.linspace(-4.0, 4.0, 41)
-    _, d_tf = derivative_of("gelu", {}, x, "bits1", backend="tf")
+    with pytest.warns(RuntimeWarning, match="derivative='bits1' is not applied to 'gelu'"):
+        _, d_tf = derivative_of("gelu", {}, x, "bits1", backend="tf")
     _, d_full = derivative_of("gelu", {}, x, "full")
     np.testing.assert_allclose(d_tf, d_full, **tolerance(tf.float32))
+    with pytest.warns(RuntimeWarning, match="its parameters are tensors"):
+        nestad_tf.activation(x, "elu", derivative="uint8", alpha=tf.Variable(0.5))
+    nestad_tf.register_activation("test_storage_cube_tanh", lambda t: tf.tanh(t) ** 3)
+    try:
+        with pytest.warns(RuntimeWarning, match="it is a forward_ad activation"):
+            nestad_tf.activation(x, "test_storage_cube_tanh", derivative="bits4")
+    finally:
+        registry.unregister("test_storage_cube_tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the kernel path compresses: no warning
+        nestad_tf.activation(x, "gelu", backend="kernel", derivative="bits1")
+        nestad_tf.activation(x, "gelu", backend="tf", derivative="full")
 
 
 def test_raw_quantized_ops_reject_bad_attributes_and_code_sizes():
