@@ -763,7 +763,8 @@ class ParametricActivation(keras.layers.Layer):
       trainable_params: names of the parameters that become weights; their
         initial values are the given or default parameter values.
       axis: the channel axis the weights vary along, or None for scalars.
-      backend: "auto" or "tf".
+      backend: "auto" or "tf" (both run forward-mode AD: the fused kernels take
+        numbers); None (default): the innermost `nestad_tf.backend_scope`, else "auto".
       **kwargs: the other parameters (constants) and Keras layer arguments.
 
     Example:
@@ -772,11 +773,12 @@ class ParametricActivation(keras.layers.Layer):
     """
 
     def __init__(self, activation: str, trainable_params: Union[str, Sequence[str]],
-                 axis: Optional[int] = -1, backend: Optional[str] = "auto", **kwargs):
+                 axis: Optional[int] = -1, backend: Optional[str] = None, **kwargs):
         spec = registry.get(activation)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.param_names}
         super().__init__(**kwargs)
-        ops._check_backend_name(backend)  # pylint: disable=protected-access
+        if backend is not None:
+            ops._check_backend_name(backend)  # pylint: disable=protected-access
         if isinstance(trainable_params, str):
             trainable_params = [trainable_params]
         unknown = sorted(set(trainable_params) - set(spec.param_names))
