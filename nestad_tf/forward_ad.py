@@ -420,42 +420,15 @@ def _forward(name, fn, x, thetas: Dict[str, tf.Tensor]):
 
 
 def _forward_pass(name, fn, x, thetas: Dict[str, tf.Tensor]):
-    """(y, d, dfn/dtheta...) by forward-mode AD: one unit tangent per input, one pass.
+    """(y, d, dfn/dtheta...) by forward-mode AD (`ops.forward_ad`), checking y's shape."""
+    names = list(thetas)
 
-    Without tensor parameters this is `ops.forward_ad` (with an output-shape
-    check instead of its broadcasting).
-    """
-    if not thetas:
-        def checked(t):
-            y = tf.convert_to_tensor(fn(t))
-            _check_output(name, y, t)
-            return y
-
-        return ops.forward_ad(checked, x)
-    compute = ops._compute_dtype(x.dtype)  # pylint: disable=protected-access
-    xc = tf.cast(x, compute)
-    thetas_c = {k: tf.cast(v, compute) for k, v in thetas.items()}
-    names = list(thetas_c)
-
-    def call(x, *values):
-        y = tf.convert_to_tensor(fn(x, **dict(zip(names, values))))
-        _check_output(name, y, x)
+    def call(t, *values):
+        y = tf.convert_to_tensor(fn(t, **dict(zip(names, values))))
+        _check_output(name, y, t)
         return y
 
-    primals = [xc] + list(thetas_c.values())
-    try:
-        y, (d, *partials) = ops.jvps(call, primals, [ops.unit_tangent(p) for p in primals])
-    except LookupError:
-        # An op without a gradient of its gradient (see ops.forward_ad): reverse
-        # mode with every parameter broadcast to x's shape gives the same
-        # per-element partials.
-        broadcast = [tf.broadcast_to(t, tf.shape(xc)) for t in thetas_c.values()]
-        with tf.GradientTape() as tape:
-            tape.watch([xc] + broadcast)
-            y = call(xc, *broadcast)
-        d, *partials = tape.gradient(y, [xc] + broadcast,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return (tf.cast(y, x.dtype), tf.cast(d, x.dtype)) + tuple(tf.cast(p, x.dtype) for p in partials)
+    return ops.forward_ad(call, x, list(thetas.values()))
 
 
 def _with_saved_partials(name, fn, x, thetas: Dict[str, tf.Tensor]) -> tf.Tensor:
@@ -792,16 +765,16 @@ class ParametricActivation(keras.layers.Layer):
         self.axis = axis
         self.backend = backend
         self.params = spec.bind(params)
-        not_numbers = [p for p in self.trainable_params
-                       if p in spec.switch_params or not isinstance(self.params[p], (int, float))]
-        if not_numbers:
-            raise ValueError(
-                f"trainable parameters of '{spec.name}' need a number as initial value; "
-                + ", ".join(f"{p}={self.params[p]!r}" for p in not_numbers)
-                + (" chooses the formula (a bool) and cannot be trained"
-                   if set(not_numbers) & set(spec.switch_params) else " (pass e.g. {}=6.0)".format(
-                       not_numbers[0]))
-            )
+        for param in self.trainable_params:
+            value = self.params[param]
+            if param in spec.switch_params:
+                why = "chooses the formula (a bool) and cannot be trained"
+            elif not isinstance(value, (int, float)):
+                why = f"(pass e.g. {param}=6.0)"
+            else:
+                continue
+            raise ValueError(f"trainable parameters of '{spec.name}' need a number as initial "
+                             f"value; {param}={value!r} {why}")
         self._apply = spec.apply or functools.partial(apply_with_tensor_params, spec=spec)
         self.supports_masking = True
 

@@ -197,27 +197,34 @@ def jvps(fn: Callable[..., tf.Tensor], primals: Sequence[tf.Tensor],
     return y, products
 
 
-def forward_ad(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(fn(x), fn'(x)) of an element-wise `fn`, by forward-mode AD with a unit tangent (`jvps`).
+def forward_ad(fn: Callable[..., tf.Tensor], x: tf.Tensor,
+               params: Sequence[tf.Tensor] = ()) -> Tuple[tf.Tensor, ...]:
+    """(fn(x, *params), dfn/dx, dfn/dparam...) of an element-wise `fn`, by forward-mode AD.
 
-    Half types are computed in float32 and cast back.
+    One unit tangent per input (`jvps`); every derivative is x-shaped: the
+    partial along a parameter is taken at each element it broadcasts to. Half
+    types are computed in float32 and cast back.
     """
     compute = _compute_dtype(x.dtype)
     xc = tf.cast(x, compute)
+    params_c = [tf.cast(p, compute) for p in params]
     try:
-        y, (d,) = jvps(fn, [xc], [unit_tangent(xc)])
+        y, derivatives = jvps(fn, [xc] + params_c, [unit_tangent(t) for t in [xc] + params_c])
     except LookupError:
         # A few ops have no gradient of their gradient (tf.nn.softsign's
         # SoftsignGrad), which the transposition needs. For an element-wise fn
-        # the VJP with a unit cotangent is the same f'(x).
+        # the VJP with a unit cotangent is the same f'(x), and with every
+        # parameter broadcast to x's shape the same per-element partials.
+        broadcast = [tf.broadcast_to(p, tf.shape(xc)) for p in params_c]
         with tf.GradientTape() as tape:
-            tape.watch(xc)
-            y = tf.convert_to_tensor(fn(xc))
-        d = tape.gradient(y, xc, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            tape.watch([xc] + broadcast)
+            y = tf.convert_to_tensor(fn(xc, *broadcast))
+        derivatives = tape.gradient(y, [xc] + broadcast,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if y.shape.rank is not None and xc.shape.rank is not None and y.shape != xc.shape:
         y = tf.broadcast_to(y, tf.shape(xc))
-        d = tf.broadcast_to(d, tf.shape(xc))
-    return tf.cast(y, x.dtype), tf.cast(d, x.dtype)
+        derivatives = [tf.broadcast_to(d, tf.shape(xc)) for d in derivatives]
+    return (tf.cast(y, x.dtype),) + tuple(tf.cast(d, x.dtype) for d in derivatives)
 
 
 def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
