@@ -132,6 +132,21 @@ struct SupportsDerivativeFromOutput<
     Functor, std::void_t<decltype(std::declval<const Functor&>().HasDerivativeFromOutput())>>
     : std::true_type {};
 
+// "" when f' of `kind` can be recovered from its output y with these
+// parameters (DerivativeFromOutput), else a message saying it cannot.
+inline std::string DerivativeFromOutputError(Kind kind, const float* params) {
+  const bool supported = VisitActivation(kind, params, [](auto f) {
+    if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
+      return f.HasDerivativeFromOutput();
+    } else {
+      return false;
+    }
+  });
+  if (supported) return "";
+  return "f' of '" + std::string(Info(kind).name) +
+         "' cannot be recovered from its output with these parameters";
+}
+
 // dx = dy * f'(x) with f' recovered from y; NaN y gives NaN.
 template <typename Functor, typename Storage>
 NESTAD_HD Storage BackwardFromOutputElement(const Functor& f, Storage dy, Storage y_in) {

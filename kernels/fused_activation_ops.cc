@@ -59,12 +59,6 @@ REGISTER_OP(NESTAD_OP("FusedActivationGrad"))
     .Doc("Backward pass of FusedActivation: dx = dy * derivative.");
 
 template <typename S>
-NESTAD_CPU_CLONES void BackwardRange(const S* dy, const S* d, S* dx, int64_t begin,
-                                     int64_t end) {
-  for (int64_t i = begin; i < end; ++i) dx[i] = FusedBackwardElement(dy[i], d[i]);
-}
-
-template <typename S>
 class FusedActivationOp : public OpKernel {
  public:
   explicit FusedActivationOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -78,17 +72,9 @@ class FusedActivationOp : public OpKernel {
     // y may take over x's buffer when nothing else holds x.
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, x.shape(), &d));
-    const int64_t n = x.NumElements();
-    if (n == 0) return;
-    const S* xp = x.flat<S>().data();
-    S* yp = y->flat<S>().data();
-    S* dp = d->flat<S>().data();
-    ParallelForBlocks(ctx, n, /*cost_per_element=*/40, [&](int64_t begin, int64_t end) {
-      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
-        ForwardRange(f, xp, yp, dp, begin, end);
-        return 0;
-      });
-    });
+    RunFusedForward(IntraOpParallelFor(ctx), attrs_.kind, attrs_.params.data(),
+                    x.flat<S>().data(), y->flat<S>().data(), d->flat<S>().data(),
+                    x.NumElements());
   }
 
  private:
@@ -106,14 +92,8 @@ class FusedActivationGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, SameShape(NESTAD_OP("FusedActivationGrad"), "dy", dy, "derivative", d));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0, 1}, 0, dy.shape(), &dx));
-    const int64_t n = dy.NumElements();
-    if (n == 0) return;
-    const S* dyp = dy.flat<S>().data();
-    const S* dp = d.flat<S>().data();
-    S* dxp = dx->flat<S>().data();
-    ParallelForBlocks(ctx, n, /*cost_per_element=*/2, [&](int64_t begin, int64_t end) {
-      BackwardRange(dyp, dp, dxp, begin, end);
-    });
+    RunFusedBackward(IntraOpParallelFor(ctx), dy.flat<S>().data(), d.flat<S>().data(),
+                     dx->flat<S>().data(), dy.NumElements());
   }
 };
 

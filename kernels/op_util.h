@@ -57,43 +57,53 @@ inline absl::Status SameShape(const std::string& op_name, const char* a_name,
 // with these parameters (the ActivationGradFromOutput kernels).
 inline absl::Status CheckDerivativeFromOutput(const std::string& op_name,
                                               const ActivationAttrs& attrs) {
-  const bool supported = VisitActivation(attrs.kind, attrs.params.data(), [](auto f) {
-    if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
-      return f.HasDerivativeFromOutput();
-    } else {
-      return false;
-    }
-  });
-  if (supported) return absl::OkStatus();
-  return absl::InvalidArgumentError(op_name + ": f' of '" + std::string(Info(attrs.kind).name) +
-                                    "' cannot be recovered from its output with these parameters");
-}
-
-// The storage attributes (format, bits, breakpoints, levels, range) as a
-// validated Quantizer (kernels/storage.h).
-inline absl::Status ReadQuantizer(tensorflow::OpKernelConstruction* ctx,
-                                  const std::string& op_name, Quantizer* q) {
-  std::string format;
-  int bits = 0;
-  std::vector<float> breakpoints, levels, range;
-  TF_RETURN_IF_ERROR(ctx->GetAttr("format", &format));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("bits", &bits));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("breakpoints", &breakpoints));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("levels", &levels));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("range", &range));
-  const std::string error = MakeQuantizer(format, bits, breakpoints, levels, range, q);
+  const std::string error = DerivativeFromOutputError(attrs.kind, attrs.params.data());
   return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
 }
 
-// InvalidArgument unless `code` is the vector of packed codes of n elements at
-// `bits` bits per element.
-inline absl::Status CheckPackedCodes(const std::string& op_name, const tensorflow::Tensor& code,
+// The storage attributes (format, bits, breakpoints, levels, range) as given,
+// and validated into a Quantizer (kernels/storage.h).
+struct QuantizerAttrs {
+  std::string format;
+  int bits = 0;
+  std::vector<float> breakpoints, levels, range;
+  Quantizer quantizer;
+
+  absl::Status Read(tensorflow::OpKernelConstruction* ctx, const std::string& op_name) {
+    TF_RETURN_IF_ERROR(ctx->GetAttr("format", &format));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("bits", &bits));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("breakpoints", &breakpoints));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("levels", &levels));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("range", &range));
+    const std::string error = MakeQuantizer(format, bits, breakpoints, levels, range, &quantizer);
+    return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
+  }
+};
+
+inline absl::Status ReadQuantizer(tensorflow::OpKernelConstruction* ctx,
+                                  const std::string& op_name, Quantizer* q) {
+  QuantizerAttrs attrs;
+  TF_RETURN_IF_ERROR(attrs.Read(ctx, op_name));
+  *q = attrs.quantizer;
+  return absl::OkStatus();
+}
+
+// InvalidArgument unless `code_elements` bytes are the packed codes of n
+// elements at `bits` bits per element, in a vector (code_dims == 1).
+inline absl::Status CheckPackedCodes(const std::string& op_name, int code_dims,
+                                     int64_t code_elements, const std::string& code_shape,
                                      int64_t n, int bits) {
-  if (code.dims() == 1 && code.NumElements() == PackedBytes(n, bits)) return absl::OkStatus();
+  if (code_dims == 1 && code_elements == PackedBytes(n, bits)) return absl::OkStatus();
   return absl::InvalidArgumentError(op_name + ": code must be a vector of " +
                                     std::to_string(PackedBytes(n, bits)) + " bytes for " +
                                     std::to_string(n) + " elements at " + std::to_string(bits) +
-                                    " bits, got shape " + code.shape().DebugString());
+                                    " bits, got shape " + code_shape);
+}
+
+inline absl::Status CheckPackedCodes(const std::string& op_name, const tensorflow::Tensor& code,
+                                     int64_t n, int bits) {
+  return CheckPackedCodes(op_name, code.dims(), code.NumElements(), code.shape().DebugString(), n,
+                          bits);
 }
 
 }  // namespace nestad

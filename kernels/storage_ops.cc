@@ -98,52 +98,6 @@ REGISTER_OP(NESTAD_OP("ActivationGradQuantized"))
     })
     .Doc("dx = dy * f'(x), decoding f'(x) from the packed codes of FusedActivationQuantized.");
 
-template <typename Functor, typename S>
-NESTAD_CPU_CLONES void ForwardOnlyRange(const Functor f, const S* x, S* y, int64_t begin,
-                                        int64_t end) {
-  for (int64_t i = begin; i < end; ++i) y[i] = ForwardOnlyElement(f, x[i]);
-}
-
-template <typename Functor, typename S>
-NESTAD_CPU_CLONES void BackwardFromOutputRange(const Functor f, const S* dy, const S* y, S* dx,
-                                               int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) dx[i] = BackwardFromOutputElement(f, dy[i], y[i]);
-}
-
-// begin is a multiple of kBlock; the last group may be partial (padded with code 0).
-// Per block, y and f' come from the same vectorized loop as the fused op (so y is
-// bit-identical to it); f' lives only in a block-sized stack buffer before encoding.
-template <typename Functor, typename S>
-void QuantizedForwardRange(const Functor f, const Quantizer& q, const S* x,
-                                             S* y, uint8_t* code, int64_t begin, int64_t end) {
-  using C = typename ComputeType<S>::type;
-  C d[kBlock];
-  for (int64_t start = begin; start < end; start += kBlock) {
-    const int64_t count = std::min(kBlock, end - start);
-    ForwardRange(f, x + start, y + start, d, 0, count);
-    for (int64_t g = 0; g < count; g += kGroup) {
-      uint32_t codes[kGroup] = {};
-      for (int i = 0; i < kGroup && g + i < count; ++i) {
-        codes[i] = q.Encode(static_cast<C>(x[start + g + i]), d[g + i]);
-      }
-      PackGroup(codes, q.bits, code + (start + g) / kGroup * q.bits);
-    }
-  }
-}
-
-template <typename S>
-void QuantizedBackwardRange(const Quantizer& q, const S* dy, const uint8_t* code, S* dx, int64_t n,
-                            int64_t begin, int64_t end) {
-  using C = typename ComputeType<S>::type;
-  for (int64_t g = begin; g < end; g += kGroup) {
-    uint32_t codes[kGroup];
-    UnpackGroup(code + g / kGroup * q.bits, q.bits, codes);
-    for (int i = 0; i < kGroup && g + i < n; ++i) {
-      dx[g + i] = static_cast<S>(static_cast<C>(dy[g + i]) * static_cast<C>(q.Decode(codes[i])));
-    }
-  }
-}
-
 template <typename S>
 class ActivationForwardOp : public OpKernel {
  public:
@@ -155,14 +109,8 @@ class ActivationForwardOp : public OpKernel {
     const Tensor& x = ctx->input(0);
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
-    const S* xp = x.flat<S>().data();
-    S* yp = y->flat<S>().data();
-    ParallelForBlocks(ctx, x.NumElements(), 30, [&](int64_t begin, int64_t end) {
-      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
-        ForwardOnlyRange(f, xp, yp, begin, end);
-        return 0;
-      });
-    });
+    RunForwardOnly(IntraOpParallelFor(ctx), attrs_.kind, attrs_.params.data(),
+                   x.flat<S>().data(), y->flat<S>().data(), x.NumElements());
   }
 
  private:
@@ -183,17 +131,9 @@ class ActivationGradFromOutputOp : public OpKernel {
     OP_REQUIRES_OK(ctx, SameShape(NESTAD_OP("ActivationGradFromOutput"), "dy", dy, "y", y));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
-    const S* dyp = dy.flat<S>().data();
-    const S* yp = y.flat<S>().data();
-    S* dxp = dx->flat<S>().data();
-    ParallelForBlocks(ctx, dy.NumElements(), 10, [&](int64_t begin, int64_t end) {
-      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
-        if constexpr (SupportsDerivativeFromOutput<decltype(f)>::value) {
-          BackwardFromOutputRange(f, dyp, yp, dxp, begin, end);
-        }
-        return 0;
-      });
-    });
+    RunBackwardFromOutput(IntraOpParallelFor(ctx), attrs_.kind, attrs_.params.data(),
+                          dy.flat<S>().data(), y.flat<S>().data(), dx->flat<S>().data(),
+                          dy.NumElements());
   }
 
  private:
@@ -216,15 +156,8 @@ class FusedActivationQuantizedOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({PackedBytes(n, quantizer_.bits)}),
                                              &code));
-    const S* xp = x.flat<S>().data();
-    S* yp = y->flat<S>().data();
-    uint8_t* cp = code->flat<uint8_t>().data();
-    ParallelForBlocks(ctx, n, 50, [&](int64_t begin, int64_t end) {
-      VisitActivation(attrs_.kind, attrs_.params.data(), [&](auto f) {
-        QuantizedForwardRange(f, quantizer_, xp, yp, cp, begin, end);
-        return 0;
-      });
-    });
+    RunQuantizedForward(IntraOpParallelFor(ctx), attrs_.kind, attrs_.params.data(), quantizer_,
+                        x.flat<S>().data(), y->flat<S>().data(), code->flat<uint8_t>().data(), n);
   }
 
  private:
@@ -247,12 +180,8 @@ class ActivationGradQuantizedOp : public OpKernel {
                                          quantizer_.bits));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
-    const S* dyp = dy.flat<S>().data();
-    const uint8_t* cp = code.flat<uint8_t>().data();
-    S* dxp = dx->flat<S>().data();
-    ParallelForBlocks(ctx, n, 6, [&](int64_t begin, int64_t end) {
-      QuantizedBackwardRange(quantizer_, dyp, cp, dxp, n, begin, end);
-    });
+    RunQuantizedBackward(IntraOpParallelFor(ctx), quantizer_, dy.flat<S>().data(),
+                         code.flat<uint8_t>().data(), dx->flat<S>().data(), n);
   }
 
  private:
