@@ -36,6 +36,14 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SOURCES = ["kernels/fused_activation_ops.cc", "kernels/storage_ops.cc"]
+# The XLA lowering of the same ops (custom calls) and their XLA FFI handlers for
+# XLA:CPU; built when the installed TensorFlow ships XLA's headers (see _xla_build_flags).
+XLA_SOURCES = ["kernels/xla_lowering.cc", "kernels/xla_cpu_ffi.cc"]
+# Headers that XLA's own headers include from TF's include/external/ tree.
+XLA_INCLUDE_SUBDIRS = ["external/highwayhash", "external/farmhash_archive/src"]
+# The TF library that exports XLA's op registry, custom-call registry and FFI API
+# (already loaded by TensorFlow's Python module, so no rpath is needed).
+XLA_LINK_LIBRARY = "-l:libtensorflow_cc.so.2"
 
 # Portable and vectorized: no -march=native, no -ffast-math; the element loops
 # carry target_clones (AVX-512 / AVX2+FMA / baseline, chosen at load time) and
@@ -46,6 +54,41 @@ CXX_FLAGS = [
     "-O3", "-g0", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden",
     "-Wno-deprecated-declarations", "-Wno-interference-size", "-Wno-unused-function",
 ]
+
+
+def _xla_build_flags():
+    """(compile flags, link flags) for XLA_SOURCES, or (None, why not)."""
+    if os.environ.get("NESTAD_TF_NO_XLA"):
+        return None, "NESTAD_TF_NO_XLA is set"
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    include, lib = tf.sysconfig.get_include(), tf.sysconfig.get_lib()
+    needed = [os.path.join(include, "xla", "ffi", "api", "ffi.h"),
+              os.path.join(include, "tensorflow", "compiler", "tf2xla", "xla_op_kernel.h")]
+    needed += [os.path.join(include, d) for d in XLA_INCLUDE_SUBDIRS]
+    missing = [path for path in needed if not os.path.exists(path)]
+    if missing:
+        return None, f"TensorFlow {tf.__version__} ships no XLA headers ({missing[0]} is missing)"
+    if not os.path.exists(os.path.join(lib, XLA_LINK_LIBRARY[3:])):
+        return None, f"TensorFlow {tf.__version__} has no {XLA_LINK_LIBRARY[3:]} in {lib}"
+    return ["-I" + os.path.join(include, d) for d in XLA_INCLUDE_SUBDIRS], [XLA_LINK_LIBRARY]
+
+
+def _compile_and_link(compile_commands, link_command, what, hint):
+    """Runs the compile commands on all cores, then the link command; on a failure,
+    SystemExit with the compiler's error, what was being built and `hint`."""
+
+    def run(command):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(
+                f"nestad_tf: compiling {what} failed.\n  command: " + " ".join(command)
+                + "\n" + result.stderr[-4000:] + "\n" + hint
+            )
+
+    workers = min(len(compile_commands), os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, compile_commands))
+    run(link_command)
 
 
 def _tensorflow_build_flags():
@@ -128,19 +171,11 @@ def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_i
             jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
                          + ["-I" + cuda_include, "-DGOOGLE_CUDA=1", os.path.join(CUDA_DIR, name),
                             "-o", glue_obj], glue_obj))
-
-    def run(command):
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(
-                "nestad_tf: compiling the GPU kernels failed.\n  command: " + " ".join(command)
-                + "\n" + result.stderr[-4000:] + "\nFix the error above, or set "
-                "NESTAD_TF_NO_CUDA=1 to install the CPU kernels only."
-            )
-
-    with concurrent.futures.ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
-        list(pool.map(run, [command for command, _ in jobs]))
-    run([compiler, "-shared", "-fPIC"] + [obj for _, obj in jobs] + ["-o", output] + link_flags)
+    _compile_and_link(
+        [command for command, _ in jobs],
+        [compiler, "-shared", "-fPIC"] + [obj for _, obj in jobs] + ["-o", output] + link_flags,
+        "the GPU kernels",
+        "Fix the error above, or set NESTAD_TF_NO_CUDA=1 to install the CPU kernels only.")
     return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags()}
 
 
@@ -162,26 +197,34 @@ class BuildKernels(build_ext):
         for ext in self.extensions:
             output = self.get_ext_fullpath(ext.name)
             os.makedirs(os.path.dirname(output), exist_ok=True)
-            command = (
-                [compiler, "-shared"] + CXX_FLAGS + compile_flags
-                + ["-I" + os.path.join(ROOT, "kernels")]
-                + [os.path.join(ROOT, s) for s in ext.sources]
-                + ["-o", output] + link_flags + ["-lmvec", "-lm"]
-            )
+            xla_compile_flags, xla_link_flags = _xla_build_flags()
+            sources = list(ext.sources)
+            if xla_compile_flags is None:
+                print(f"nestad_tf: no XLA lowering ({xla_link_flags}): under jit_compile the "
+                      "ops fall back to the pure-TF path")
+                xla_compile_flags, xla_link_flags = [], []
+            else:
+                sources += XLA_SOURCES
+            temp = os.path.join(self.build_temp, "kernels")
+            os.makedirs(temp, exist_ok=True)
+            objects = [os.path.join(temp, os.path.basename(s) + ".o") for s in sources]
+            compile_commands = [
+                [compiler, "-c"] + CXX_FLAGS + compile_flags + xla_compile_flags
+                + ["-I" + os.path.join(ROOT, "kernels"), os.path.join(ROOT, source), "-o", obj]
+                for source, obj in zip(sources, objects)
+            ]
+            link_command = ([compiler, "-shared", "-fPIC"] + objects + ["-o", output] + link_flags
+                            + xla_link_flags + ["-lmvec", "-lm"])
             print("nestad_tf: compiling kernels against TensorFlow", tf_version)
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise SystemExit(
-                    "nestad_tf: compiling the kernels failed.\n  command: "
-                    + " ".join(command) + "\n" + result.stderr[-4000:]
-                    + "\nFix the compiler error above, or set NESTAD_TF_NO_KERNELS=1 for a "
-                    "pure-TF install."
-                )
+            _compile_and_link(compile_commands, link_command, "the kernels",
+                              "Fix the compiler error above, or set NESTAD_TF_NO_KERNELS=1 for a "
+                              "pure-TF install.")
             info = {
                 "tensorflow_version": tf_version,
                 "compiler": compiler,
                 "flags": CXX_FLAGS,
                 "machine": platform.machine(),
+                "xla": bool(xla_link_flags),
             }
             cuda_plan, no_cuda_reason = _cuda_build_plan()
             if cuda_plan is None:

@@ -1,0 +1,298 @@
+// XLA FFI handlers of nestad's ops for platform "Host" (XLA:CPU): the custom
+// calls that xla_lowering.cc emits under jit_compile. They run the same element
+// loops as the TF CPU kernels (cpu_loops.h), sharded in the same kBlock-aligned
+// ranges over XLA's intra-op thread pool, so results are bit-identical to graph
+// mode. Attributes are validated again here (the lowering validated them at
+// compile time); a bad one is an InvalidArgument naming the target.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "Eigen/Core"
+#include "cpu_loops.h"
+#include "xla/ffi/api/ffi.h"
+#include "xla_custom_call.h"
+
+namespace xla::ffi {
+// Exported by libtensorflow_cc (xla/ffi/ffi_api.h, which is not self-contained
+// enough to include here): the FFI API that XLA's custom-call registry uses.
+const XLA_FFI_Api* GetXlaFfiApi();
+}  // namespace xla::ffi
+
+namespace nestad {
+namespace {
+
+namespace ffi = ::xla::ffi;
+using xla_call::BitsSpan;
+
+// The parallel_for of cpu_loops.h on XLA's FFI thread pool. The calling thread
+// claims blocks too, and waits only until every block is done (not until every
+// scheduled task has started), so it cannot deadlock when the pool is busy or
+// when it is itself a pool thread; a task that starts late finds no block left
+// and touches only the shared counters.
+class FfiParallelFor {
+ public:
+  explicit FfiParallelFor(ffi::ThreadPool pool) : pool_(pool) {}
+
+  template <typename Fn>
+  void operator()(int64_t num_blocks, int64_t cost_per_block, Fn fn) const {
+    // ~100k cycles of work per task at least, as Eigen's cost model aims for.
+    constexpr int64_t kMinCostPerTask = 100000;
+    const int64_t by_cost = std::max<int64_t>(1, num_blocks * cost_per_block / kMinCostPerTask);
+    const int64_t tasks = std::min<int64_t>({pool_.num_threads() + 1, by_cost, num_blocks});
+    if (tasks <= 1) {
+      fn(0, num_blocks);
+      return;
+    }
+    struct State {
+      std::atomic<int64_t> next{0};
+      int64_t done = 0;
+      std::mutex mu;
+      std::condition_variable all_done;
+    };
+    auto state = std::make_shared<State>();
+    // Several chunks per task, so that threads that start late still get work.
+    const int64_t chunk = std::max<int64_t>(1, num_blocks / (tasks * 4));
+    const Fn* body = &fn;
+    auto work = [state, body, num_blocks, chunk]() {
+      for (;;) {
+        const int64_t first = state->next.fetch_add(chunk);
+        if (first >= num_blocks) return;
+        const int64_t last = std::min(first + chunk, num_blocks);
+        (*body)(first, last);
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->done += last - first;
+        if (state->done == num_blocks) state->all_done.notify_all();
+      }
+    };
+    for (int64_t t = 1; t < tasks; ++t) pool_.Schedule(decltype(work)(work));  // a copy each
+    work();
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->all_done.wait(lock, [&] { return state->done == num_blocks; });
+  }
+
+ private:
+  mutable ffi::ThreadPool pool_;
+};
+
+// Calls fn(S()) for the storage type S of `type`; InvalidArgument for other types.
+template <typename Fn>
+ffi::Error ForStorageType(const char* target, ffi::DataType type, Fn fn) {
+  switch (type) {
+    case ffi::DataType::F16:
+      return fn(Eigen::half());
+    case ffi::DataType::BF16:
+      return fn(Eigen::bfloat16());
+    case ffi::DataType::F32:
+      return fn(float());
+    case ffi::DataType::F64:
+      return fn(double());
+    default:
+      return ffi::Error::InvalidArgument(std::string(target) +
+                                         ": x must be float16, bfloat16, float32 or float64");
+  }
+}
+
+template <typename S>
+S* Data(const ffi::AnyBuffer& buffer) {
+  return static_cast<S*>(buffer.untyped_data());
+}
+
+ffi::Error FusedActivationHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                               ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> d,
+                               std::string_view activation, BitsSpan params) {
+  const char* target = xla_call::kFusedActivation;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  return ForStorageType(target, x.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunFusedForward(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(x), Data<S>(*y),
+                    Data<S>(*d), static_cast<int64_t>(x.element_count()));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error FusedActivationGradHost(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer d,
+                                   ffi::Result<ffi::AnyBuffer> dx) {
+  const char* target = xla_call::kFusedActivationGrad;
+  if (ffi::Error error = xla_call::SameElements(target, dy, d); error.failure()) return error;
+  return ForStorageType(target, dy.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunFusedBackward(FfiParallelFor(pool), Data<const S>(dy), Data<const S>(d), Data<S>(*dx),
+                     static_cast<int64_t>(dy.element_count()));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error ActivationForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                                 ffi::Result<ffi::AnyBuffer> y, std::string_view activation,
+                                 BitsSpan params) {
+  const char* target = xla_call::kActivationForward;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  return ForStorageType(target, x.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunForwardOnly(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(x), Data<S>(*y),
+                   static_cast<int64_t>(x.element_count()));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error ActivationGradFromOutputHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
+                                        ffi::AnyBuffer y, ffi::Result<ffi::AnyBuffer> dx,
+                                        std::string_view activation, BitsSpan params) {
+  const char* target = xla_call::kActivationGradFromOutput;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  if (const std::string error = DerivativeFromOutputError(a.kind, a.params.data());
+      !error.empty()) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+  }
+  if (ffi::Error error = xla_call::SameElements(target, dy, y); error.failure()) return error;
+  return ForStorageType(target, dy.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunBackwardFromOutput(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(dy),
+                          Data<const S>(y), Data<S>(*dx),
+                          static_cast<int64_t>(dy.element_count()));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error FusedActivationQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                                        ffi::Result<ffi::AnyBuffer> y,
+                                        ffi::Result<ffi::AnyBuffer> code,
+                                        std::string_view activation, BitsSpan params,
+                                        std::string_view format, int32_t bits,
+                                        BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
+  const char* target = xla_call::kFusedActivationQuantized;
+  xla_call::Activation a;
+  Quantizer q;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
+                                                   range, &q);
+      error.failure()) {
+    return error;
+  }
+  const int64_t n = static_cast<int64_t>(x.element_count());
+  if (static_cast<int64_t>(code->element_count()) != PackedBytes(n, q.bits)) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": code has the wrong size");
+  }
+  return ForStorageType(target, x.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunQuantizedForward(FfiParallelFor(pool), a.kind, a.params.data(), q, Data<const S>(x),
+                        Data<S>(*y), Data<uint8_t>(*code), n);
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
+                                       ffi::AnyBuffer code, ffi::Result<ffi::AnyBuffer> dx,
+                                       std::string_view format, int32_t bits,
+                                       BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
+  const char* target = xla_call::kActivationGradQuantized;
+  Quantizer q;
+  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
+                                                   range, &q);
+      error.failure()) {
+    return error;
+  }
+  const int64_t n = static_cast<int64_t>(dy.element_count());
+  if (static_cast<int64_t>(code.element_count()) != PackedBytes(n, q.bits)) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": code has the wrong size");
+  }
+  return ForStorageType(target, dy.element_type(), [&](auto s) {
+    using S = decltype(s);
+    RunQuantizedBackward(FfiParallelFor(pool), q, Data<const S>(dy), Data<const uint8_t>(code),
+                         Data<S>(*dx), n);
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+
+// The bindings, in the order of each handler's parameters.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationHost, FusedActivationHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("activation")
+                                  .Attr<BitsSpan>("params"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationGradHost, FusedActivationGradHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationForwardHost, ActivationForwardHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("activation")
+                                  .Attr<BitsSpan>("params"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationGradFromOutputHost, ActivationGradFromOutputHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("activation")
+                                  .Attr<BitsSpan>("params"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationQuantizedHost, FusedActivationQuantizedHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("activation")
+                                  .Attr<BitsSpan>("params")
+                                  .Attr<std::string_view>("format")
+                                  .Attr<int32_t>("bits")
+                                  .Attr<BitsSpan>("breakpoints")
+                                  .Attr<BitsSpan>("levels")
+                                  .Attr<BitsSpan>("range"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationGradQuantizedHost, ActivationGradQuantizedHost,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("format")
+                                  .Attr<int32_t>("bits")
+                                  .Attr<BitsSpan>("breakpoints")
+                                  .Attr<BitsSpan>("levels")
+                                  .Attr<BitsSpan>("range"));
+
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivation, "Host",
+                         kFusedActivationHost);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationGrad, "Host",
+                         kFusedActivationGradHost);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationForward, "Host",
+                         kActivationForwardHost);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradFromOutput, "Host",
+                         kActivationGradFromOutputHost);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationQuantized, "Host",
+                         kFusedActivationQuantizedHost);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradQuantized, "Host",
+                         kActivationGradQuantizedHost);
+
+}  // namespace nestad

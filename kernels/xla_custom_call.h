@@ -1,0 +1,112 @@
+// The contract between nestad's XLA lowering (xla_lowering.cc, TF side) and its
+// XLA FFI handlers (xla_cpu_ffi.cc for platform "Host", cuda/xla_gpu_ffi.cc for
+// "CUDA"): custom-call target names and how the ops' attributes travel as FFI
+// attributes. Free of TensorFlow; needs only XLA's header-only FFI API.
+//
+// Every op becomes one `custom-call` (API_VERSION_TYPED_FFI) whose backend
+// config is an MLIR dictionary of attributes:
+//   activation = "<kernel name>", params = array<i32: ...>
+//   format = "<storage format>", bits = <n> : i32,
+//   breakpoints = array<i32: ...>, levels = array<i32: ...>, range = array<i32: ...>
+// Float lists travel as the bit patterns of their float32 values, so that every
+// value (-0.0, denormals, any rounding) reaches the handler exactly.
+#ifndef NESTAD_KERNELS_XLA_CUSTOM_CALL_H_
+#define NESTAD_KERNELS_XLA_CUSTOM_CALL_H_
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fused_activation.h"
+#include "storage.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nestad {
+namespace xla_call {
+
+// One custom-call target per op (the handlers register these names).
+constexpr const char kFusedActivation[] = "nestad_fused_activation";
+constexpr const char kFusedActivationGrad[] = "nestad_fused_activation_grad";
+constexpr const char kActivationForward[] = "nestad_activation_forward";
+constexpr const char kActivationGradFromOutput[] = "nestad_activation_grad_from_output";
+constexpr const char kFusedActivationQuantized[] = "nestad_fused_activation_quantized";
+constexpr const char kActivationGradQuantized[] = "nestad_activation_grad_quantized";
+
+// ---- Encoding (the lowering) ----
+
+inline std::string FloatBits(const std::vector<float>& values) {
+  std::string out = "array<i32";
+  for (size_t i = 0; i < values.size(); ++i) {
+    int32_t bits;
+    std::memcpy(&bits, &values[i], sizeof(bits));
+    out += (i ? ", " : ": ") + std::to_string(bits);
+  }
+  return out + ">";
+}
+
+inline std::string ActivationConfig(const std::string& activation,
+                                    const std::vector<float>& params) {
+  return "activation = \"" + activation + "\", params = " + FloatBits(params);
+}
+
+inline std::string QuantizerConfig(const std::string& format, int bits,
+                                   const std::vector<float>& breakpoints,
+                                   const std::vector<float>& levels,
+                                   const std::vector<float>& range) {
+  return "format = \"" + format + "\", bits = " + std::to_string(bits) +
+         " : i32, breakpoints = " + FloatBits(breakpoints) + ", levels = " + FloatBits(levels) +
+         ", range = " + FloatBits(range);
+}
+
+// The backend config of a custom call: a dictionary of the given entries.
+inline std::string Dictionary(const std::string& entries) { return "{" + entries + "}"; }
+
+// ---- Decoding (the handlers) ----
+
+using BitsSpan = ::xla::ffi::Span<const int32_t>;
+
+inline std::vector<float> FromBits(BitsSpan bits) {
+  std::vector<float> values(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) std::memcpy(&values[i], &bits[i], sizeof(float));
+  return values;
+}
+
+// The activation of a call, validated like the TF kernels do (ResolveActivation).
+struct Activation {
+  Kind kind = Kind::k_linear;
+  std::vector<float> params;
+};
+
+inline ::xla::ffi::Error DecodeActivation(const char* target, std::string_view name,
+                                          BitsSpan param_bits, Activation* out) {
+  out->params = FromBits(param_bits);
+  const std::string error = ResolveActivation(std::string(name), out->params, &out->kind);
+  if (error.empty()) return ::xla::ffi::Error::Success();
+  return ::xla::ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+}
+
+inline ::xla::ffi::Error DecodeQuantizer(const char* target, std::string_view format, int32_t bits,
+                                         BitsSpan breakpoints, BitsSpan levels, BitsSpan range,
+                                         Quantizer* out) {
+  const std::string error = MakeQuantizer(std::string(format), bits, FromBits(breakpoints),
+                                          FromBits(levels), FromBits(range), out);
+  if (error.empty()) return ::xla::ffi::Error::Success();
+  return ::xla::ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+}
+
+// InvalidArgument unless a and b hold the same number of elements of the same type.
+inline ::xla::ffi::Error SameElements(const char* target, const ::xla::ffi::AnyBuffer& a,
+                                      const ::xla::ffi::AnyBuffer& b) {
+  if (a.element_type() == b.element_type() && a.element_count() == b.element_count()) {
+    return ::xla::ffi::Error::Success();
+  }
+  return ::xla::ffi::Error::InvalidArgument(std::string(target) +
+                                            ": operands differ in element type or count");
+}
+
+}  // namespace xla_call
+}  // namespace nestad
+
+#endif  // NESTAD_KERNELS_XLA_CUSTOM_CALL_H_
