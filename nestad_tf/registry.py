@@ -82,6 +82,14 @@ class ActivationSpec:
 
     def bind(self, given: Dict[str, Any]) -> Dict[str, Any]:
         """Returns all parameters with defaults filled in; TypeError on unknown or missing ones."""
+        bound = self.bind_partial(given)
+        for param, value in bound.items():
+            if value is REQUIRED:
+                raise TypeError(f"activation '{self.name}' needs the parameter '{param}'")
+        return bound
+
+    def bind_partial(self, given: Dict[str, Any]) -> Dict[str, Any]:
+        """`bind`, leaving parameters without a value as REQUIRED; TypeError on unknown ones."""
         unknown = sorted(set(given) - set(self.param_names))
         if unknown:
             known = ", ".join(self.param_names) or "none"
@@ -89,13 +97,7 @@ class ActivationSpec:
                 f"activation '{self.name}' got unexpected parameter(s) {unknown}; "
                 f"its parameters are: {known}"
             )
-        bound = {}
-        for param, default in self.params:
-            value = given.get(param, default)
-            if value is REQUIRED:
-                raise TypeError(f"activation '{self.name}' needs the parameter '{param}'")
-            bound[param] = value
-        return bound
+        return {param: given.get(param, default) for param, default in self.params}
 
     def kernel_attrs(self, params: Dict[str, Any]) -> Tuple[str, List[float]]:
         """The (activation, params) attributes of the fused op; ValueError on bad values."""

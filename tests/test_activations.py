@@ -1,10 +1,15 @@
-"""Values and derivatives of every built-in activation, every dtype, both backends."""
+"""Values and derivatives of every built-in activation, every dtype, both backends;
+`nestad_tf.<name>` as a drop-in for `keras.activations.<name>`."""
 
+import inspect
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import nestad_tf
+from nestad_tf import registry
 from activation_cases import (activation_cases, case_id, expected_y_d, near_breakpoints,
                               sample_inputs)
 from conftest import DTYPES, dtype_id, tolerance
@@ -139,3 +144,165 @@ def test_every_builtin_has_a_kernel_and_a_public_function():
             assert callable(getattr(nestad_tf, name))
     for alias in ["swish", "hard_swish"]:
         assert getattr(nestad_tf, alias).activation in ("silu", "hard_silu")
+
+
+# --- drop-in for keras.activations: same signature, inputs, dtypes and refusals ---
+
+KERAS_COUNTERPARTS = sorted(
+    name for spec in registry.builtin_specs() for name in (spec.name,) + spec.aliases
+    if hasattr(keras.activations, name))
+NOT_ACTIVATIONS = {"get", "serialize", "deserialize"}
+
+
+def test_every_elementwise_keras_activation_is_a_nestad_callable():
+    keras_names = {name for name, value in vars(keras.activations).items()
+                   if inspect.isfunction(value) and name not in NOT_ACTIVATIONS}
+    assert keras_names - set(registry.NOT_ELEMENTWISE) == set(KERAS_COUNTERPARTS)
+    for name in KERAS_COUNTERPARTS:
+        assert isinstance(getattr(nestad_tf, name), nestad_tf.ActivationFunction), name
+        assert name in nestad_tf.__all__
+
+
+def keras_call_arguments(name):
+    """Keras' function, its parameter names (signature order) and values to pass.
+
+    The values are those of the activation's case with the most non-default
+    parameters (relu: negative_slope=0.1, max_value=4.0, threshold=0.5), so that
+    a parameter given in the wrong position changes the result.
+    """
+    keras_function = getattr(keras.activations, name)
+    names = list(inspect.signature(keras_function).parameters)[1:]
+    spec = registry.get(name)
+    params = max((p for n, p in activation_cases() if n == spec.name), key=len)
+    bound = spec.bind(params)
+    return keras_function, names, [bound[p] for p in names]
+
+
+def keras_calls(name):
+    """(args, kwargs) to call with: no parameters (if all have defaults), then the
+    first k parameters positional and the others by keyword, for every k."""
+    keras_function, names, values = keras_call_arguments(name)
+    parameters = list(inspect.signature(keras_function).parameters.values())[1:]
+    calls = [((), {})] if all(p.default is not p.empty for p in parameters) else []
+    calls += [(tuple(values[:k]), dict(zip(names[k:], values[k:])))
+              for k in range(len(names) + 1)]
+    return list(dict.fromkeys((args, tuple(kwargs.items())) for args, kwargs in calls))
+
+
+@pytest.mark.parametrize("name", KERAS_COUNTERPARTS)
+def test_signature_is_the_keras_signature(name):
+    keras_signature = inspect.signature(getattr(keras.activations, name))
+    ours = inspect.signature(getattr(nestad_tf, name)).parameters.values()
+    assert [(p.name, p.kind, p.default) for p in ours if p.kind != p.KEYWORD_ONLY] == [
+        (p.name, p.kind, p.default) for p in keras_signature.parameters.values()]
+    assert [p.name for p in ours if p.kind == p.KEYWORD_ONLY] == ["backend", "derivative"]
+
+
+INPUT_VALUES = [-2.7, -1.3, -0.6, -0.2, 0.3, 0.8, 1.6, 3.1, 5.3]  # off every breakpoint
+FLOAT_INPUTS = {
+    "list": lambda: list(INPUT_VALUES),
+    "python_float": lambda: 0.8,
+    "numpy_float64": lambda: np.array(INPUT_VALUES),
+    "numpy_float32": lambda: np.array(INPUT_VALUES, np.float32),
+    **{dtype_id(d): (lambda d=d: tf.constant(INPUT_VALUES, d)) for d in DTYPES},
+}
+
+
+def keras_result(keras_function, x, args, kwargs):
+    """Keras' result. Where Keras refuses a Python list or number (its soft_shrink,
+    sparse_plus and threshold compare one with a number), nestad converts it as the
+    other Keras activations do: then the result for the same values as a tensor."""
+    try:
+        return tf.convert_to_tensor(keras_function(x, *args, **kwargs))
+    except TypeError:
+        if not isinstance(x, (list, float)):
+            raise
+        return tf.convert_to_tensor(keras_function(tf.convert_to_tensor(x), *args, **kwargs))
+
+
+@pytest.mark.parametrize("kind", sorted(FLOAT_INPUTS))
+@pytest.mark.parametrize("name", KERAS_COUNTERPARTS)
+def test_keras_calls_give_keras_results(name, kind):
+    keras_function = getattr(keras.activations, name)
+    x = FLOAT_INPUTS[kind]()
+    for args, kwargs in keras_calls(name):
+        kwargs = dict(kwargs)
+        what = f"{name}(x={kind}, *{args}, **{kwargs})"
+        expected = keras_result(keras_function, x, args, kwargs)
+        y = getattr(nestad_tf, name)(x, *args, **kwargs)
+        assert (y.dtype, y.shape) == (expected.dtype, expected.shape), what
+        # Values: against Keras in float64 on the same (rounded) inputs, rounded like y.
+        x64 = tf.cast(tf.convert_to_tensor(x), tf.float64)
+        truth = tf.cast(tf.cast(keras_function(x64, *args, **kwargs), y.dtype), tf.float64)
+        assert_close(np.asarray(tf.cast(y, tf.float64)), np.asarray(truth), y.dtype, what)
+
+
+INTEGER_INPUTS = {
+    "int32": lambda: tf.constant([-2, 0, 3]),
+    "numpy_int64": lambda: np.array([-2, 0, 3]),
+    "int_list": lambda: [-2, 0, 3],
+    "python_int": lambda: 2,
+    "uint8": lambda: tf.constant([0, 3], tf.uint8),
+    "bool": lambda: tf.constant([True, False]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INTEGER_INPUTS))
+@pytest.mark.parametrize("name", KERAS_COUNTERPARTS)
+def test_integer_and_bool_inputs_behave_as_in_keras(name, kind):
+    """No gradient, no f' to keep: Keras' result (linear: x unchanged), or a TypeError
+    where Keras refuses the input."""
+    keras_function = getattr(keras.activations, name)
+    args, kwargs = keras_calls(name)[-1]  # every parameter positional
+    x = INTEGER_INPUTS[kind]()
+    try:
+        expected = keras_function(x, *args)
+    except (TypeError, ValueError, tf.errors.InvalidArgumentError):
+        with pytest.raises(TypeError, match=f"nestad_tf.{registry.get(name).name} needs a "
+                                            "floating-point tensor.*refuses it too"):
+            getattr(nestad_tf, name)(x, *args)
+        return
+    y = getattr(nestad_tf, name)(x, *args)
+    assert type(y) is type(expected)
+    assert tf.as_dtype(np.asarray(y).dtype) == tf.as_dtype(np.asarray(expected).dtype)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+    if name == "linear":
+        assert y is x
+
+
+@pytest.mark.parametrize("name", KERAS_COUNTERPARTS)
+def test_calls_keras_refuses_are_refused(name):
+    keras_function, names, values = keras_call_arguments(name)
+    ours = getattr(nestad_tf, name)
+    x = tf.constant(INPUT_VALUES)
+    wrong_calls = [((*values, 1.0), {}), (tuple(values), {"not_a_parameter": 1.0})]
+    if names:
+        wrong_calls.append(((values[0],), {names[0]: values[0]}))  # given twice
+    if name == "threshold":
+        wrong_calls.append(((0.5,), {}))  # default_value missing
+    for args, kwargs in wrong_calls:
+        with pytest.raises(TypeError):
+            keras_function(x, *args, **kwargs)
+        with pytest.raises(TypeError, match=rf"nestad_tf\.{registry.get(name).name}\(x"):
+            ours(x, *args, **kwargs)
+
+
+def test_bound_parameters_are_the_defaults_of_the_call():
+    x = tf.constant(INPUT_VALUES)
+    leaky = nestad_tf.get("leaky_relu", negative_slope=0.1)
+    np.testing.assert_allclose(leaky(x), keras.activations.leaky_relu(x, 0.1))
+    np.testing.assert_allclose(leaky(x, 0.3), keras.activations.leaky_relu(x, 0.3))
+    half_bound = nestad_tf.get("threshold", threshold=0.5)
+    assert str(inspect.signature(half_bound)).startswith("(x, threshold=0.5, *, default_value")
+    np.testing.assert_allclose(half_bound(x, default_value=-1.0),
+                               keras.activations.threshold(x, 0.5, -1.0))
+    with pytest.raises(TypeError, match="missing a required argument: 'default_value'"):
+        half_bound(x)
+
+
+def test_positional_parameters_on_symbolic_inputs_build_the_same_layer():
+    inputs = keras.Input((len(INPUT_VALUES),))
+    model = keras.Model(inputs, nestad_tf.relu(inputs, 0.1, 4.0, 0.5))
+    x = np.array([INPUT_VALUES], np.float32)
+    np.testing.assert_allclose(model(x), keras.activations.relu(x, 0.1, 4.0, 0.5),
+                               **tolerance(tf.float32))
