@@ -721,6 +721,47 @@ def _close(a, b, rtol):
 # --- a layer for activations with trainable parameters ---
 
 
+def _check_trainable(spec: registry.ActivationSpec, params: Dict[str, Any], param: str) -> None:
+    """ValueError unless gradient descent can train `param` of `spec`'s activation.
+
+    Traces (never runs) TF autodiff of the definition with `param` a scalar
+    tensor, in a graph without AutoGraph, as the layer will call it. Two
+    definitions cannot train: one that branches on the parameter's value in
+    Python (`if alpha == 1.0`: no truth value in a graph), and one where the
+    parameter only enters comparisons (hard_shrink's threshold: f is piecewise
+    constant in it, its derivative is zero wherever it exists). A definition
+    that fails on the probe for another reason is left to fail at its first call.
+    """
+    reference = spec.tensor_reference or spec.reference
+    constants = {k: v for k, v in params.items() if k != param}
+
+    def gradient(x, value):
+        with tf.GradientTape() as tape:
+            tape.watch(value)
+            y = reference(x, **constants, **{param: value})
+        return tape.gradient(y, value)
+
+    probe = tf.function(gradient, autograph=False)
+    try:
+        traced = probe.get_concrete_function(tf.TensorSpec([None], tf.float32),
+                                             tf.TensorSpec([], tf.float32))
+    except TypeError as error:  # includes OperatorNotAllowedInGraphError
+        raise ValueError(
+            f"parameter '{param}' of '{spec.name}' cannot be trainable: the definition of "
+            f"'{spec.name}' uses its value in Python (a branch or a conversion), which a tensor "
+            f"parameter does not have ({type(error).__name__}: "
+            f"{str(error).splitlines()[0].split('. ')[0]})"
+        ) from error
+    except (ValueError, tf.errors.OpError):
+        return
+    if traced.structured_outputs is None:
+        raise ValueError(
+            f"parameter '{param}' of '{spec.name}' cannot be trainable: '{spec.name}' depends on "
+            f"it only through comparisons (f is piecewise constant in {param}), so its gradient "
+            "is zero wherever it exists and training would never change it"
+        )
+
+
 @keras.saving.register_keras_serializable(package="nestad_tf")
 class ParametricActivation(keras.layers.Layer):
     """An activation whose parameters (some of them) are trainable weights.
@@ -734,7 +775,10 @@ class ParametricActivation(keras.layers.Layer):
     Args:
       activation: a registered activation name (`register_activation`).
       trainable_params: names of the parameters that become weights; their
-        initial values are the given or default parameter values.
+        initial values are the given or default parameter values. A parameter
+        that cannot train is refused here, naming it and why: a formula switch
+        (gelu's approximate), one that enters only comparisons (hard_shrink's
+        threshold: zero gradient), or one the definition uses in Python.
       axis: the channel axis the weights vary along, or None for scalars.
       backend: "auto" or "tf" (both run forward-mode AD: the fused kernels take
         numbers); None (default): the innermost `nestad_tf.backend_scope`, else "auto".
@@ -775,6 +819,8 @@ class ParametricActivation(keras.layers.Layer):
                 continue
             raise ValueError(f"trainable parameters of '{spec.name}' need a number as initial "
                              f"value; {param}={value!r} {why}")
+        for param in self.trainable_params:
+            _check_trainable(spec, self.params, param)
         self._apply = spec.apply or functools.partial(apply_with_tensor_params, spec=spec)
         self.supports_masking = True
 

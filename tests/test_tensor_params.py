@@ -6,6 +6,8 @@ gradients are checked against central finite differences of Keras' own
 activation with Python-number parameters, in float64.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -188,3 +190,80 @@ def test_parametric_activation_refuses_parameters_that_cannot_train():
         nestad_tf.ParametricActivation("relu", trainable_params="max_value")
     layer = nestad_tf.ParametricActivation("relu", trainable_params="max_value", max_value=6.0)
     np.testing.assert_allclose(layer(tf.constant([[-1.0, 3.0, 9.0]])), [[0.0, 3.0, 6.0]])
+
+
+def _trainable_cases():
+    """(name, param, params) for every built-in activation and each of its parameters;
+    params: the activation's case with the most non-default values (relu's max_value=4.0,
+    threshold's two values), as initial values and constants."""
+    cases = []
+    for spec in registry.builtin_specs():
+        params = max((p for n, p in activation_cases() if n == spec.name), key=len)
+        cases += [(spec.name, param, params) for param in spec.param_names]
+    return cases
+
+
+# Parameters the activation depends on only through comparisons: its gradient is zero
+# wherever it exists, so ParametricActivation refuses to train them.
+COMPARISON_ONLY = {("hard_shrink", "threshold"), ("threshold", "threshold")}
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("name, param, params", _trainable_cases(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_every_builtin_parameter_trains_or_is_refused_clearly(name, param, params, traced):
+    """Each parameter as a ParametricActivation weight: its gradient equals TF autodiff of
+    the reference with the weight as a tensor, or the constructor says which parameter
+    cannot train and why."""
+    spec = registry.get(name)
+    bound = spec.bind(params)
+    if param in spec.switch_params:
+        with pytest.raises(ValueError, match=f"{param}=.*chooses the formula"):
+            nestad_tf.ParametricActivation(name, trainable_params=[param], **bound)
+        return
+    if (name, param) in COMPARISON_ONLY:
+        with pytest.raises(ValueError, match=f"parameter '{param}' of '{name}' cannot be "
+                                             "trainable.*only through comparisons"):
+            nestad_tf.ParametricActivation(name, trainable_params=[param], **bound)
+        return
+    layer = nestad_tf.ParametricActivation(name, trainable_params=[param], dtype="float64",
+                                           **bound)
+    rng = np.random.default_rng(3)
+    x = tf.constant(_away_from_breakpoints(name, bound, rng.normal(0.0, 2.0, (16, 3))))
+    upstream = tf.constant(rng.normal(size=(16, 3)))
+    layer.build(x.shape)
+    weight = layer.trainable_weights[0]
+    initial = bound[param] * np.array([1.0, 0.8, 1.25]) if bound[param] else [0.0, 0.1, -0.2]
+    weight.assign(initial)
+    reference = spec.tensor_reference or spec.reference
+
+    def gradients():
+        with tf.GradientTape(persistent=True) as tape:
+            y = layer(x)
+            y_reference = reference(x, **{**bound, param: tf.convert_to_tensor(weight)})
+            loss = tf.reduce_sum(upstream * y)
+            loss_reference = tf.reduce_sum(upstream * y_reference)
+        return y, y_reference, tape.gradient(loss, weight), tape.gradient(loss_reference, weight)
+
+    y, y_reference, grad, grad_reference = (tf.function(gradients) if traced else gradients)()
+    np.testing.assert_allclose(y, y_reference, **F64)
+    assert grad_reference is not None and np.any(grad_reference != 0), grad_reference
+    np.testing.assert_allclose(grad, grad_reference, **F64, err_msg=f"{name}: d/d{param}")
+
+
+@pytest.mark.parametrize("name", ["elu", "leaky_relu", "relu"])
+def test_a_definition_branching_on_a_parameter_is_refused_at_construction(name):
+    """Keras' own elu, leaky_relu and relu use their parameters' values in Python (why
+    the registry holds tensor forms of them): as trainable parameters they are refused
+    when the layer is made, naming the parameter, not at the first call."""
+    keras_definition = dataclasses.replace(registry.get(name), name="test_branching_" + name,
+                                           aliases=(), tensor_reference=None)
+    registry.register(keras_definition)
+    try:
+        for param in keras_definition.param_names:
+            with pytest.raises(ValueError, match=f"parameter '{param}' of 'test_branching_{name}' "
+                                                 "cannot be trainable.*uses its value in Python"):
+                nestad_tf.ParametricActivation(keras_definition.name, trainable_params=param,
+                                               **({"max_value": 4.0} if name == "relu" else {}))
+    finally:
+        registry.unregister(keras_definition.name)
