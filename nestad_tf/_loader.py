@@ -68,6 +68,13 @@ class KernelLibrary:
     built_against: Optional[str]
     reason: str
     gpu_reason: str = "not loaded"  # "loaded", or why the GPU kernels are not registered
+    # "loaded" when the ops lower to XLA custom calls (jit_compile), or why they do not.
+    xla_reason: str = "not loaded"
+
+    @property
+    def xla(self) -> bool:
+        """Whether the ops compile under XLA (their custom-call lowering is built in)."""
+        return self.module is not None and self.xla_reason == "loaded"
 
 
 _lock = threading.Lock()
@@ -136,7 +143,8 @@ def _load() -> KernelLibrary:
             f"the kernel library {path} does not exist (installed without kernels?). "
             + _REBUILD_HINT,
         )
-    built_against = _read_build_info(path).get("tensorflow_version")
+    build_info = _read_build_info(path)
+    built_against = build_info.get("tensorflow_version")
     if built_against != tf.__version__:
         return KernelLibrary(
             None, path, built_against,
@@ -167,15 +175,17 @@ def _load() -> KernelLibrary:
             f"{path} loaded but does not define the nestad ops ({', '.join(missing)} missing): "
             "it is not this version of nestad_tf's kernel library. " + _REBUILD_HINT,
         )
+    xla_reason = ("loaded" if build_info.get("xla") else
+                  "the library was built without XLA's headers (no custom-call lowering)")
     return KernelLibrary(types.SimpleNamespace(**wrappers), path, built_against, "loaded",
-                         _load_gpu_kernels(path))
+                         _load_gpu_kernels(path, build_info), xla_reason)
 
 
-def _load_gpu_kernels(path: str) -> str:
+def _load_gpu_kernels(path: str, build_info: dict) -> str:
     """Registers the GPU kernels beside the CPU library; returns "loaded" or why not."""
     if not tf.test.is_built_with_cuda():
         return "TensorFlow is not a CUDA build"
-    if not _read_build_info(path).get("cuda"):
+    if not build_info.get("cuda"):
         return "built without GPU kernels (no CUDA TensorFlow or no nvcc at build time)"
     gpu_path = os.path.join(os.path.dirname(path), GPU_LIBRARY_NAME)
     try:

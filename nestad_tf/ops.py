@@ -100,17 +100,14 @@ def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
     if backend == "kernel":
         if not has_kernel:
             raise ValueError("this activation has no fused kernel; use backend='tf' or 'auto'")
-        if in_xla:
-            raise ValueError(
-                "backend='kernel' cannot run under XLA (jit_compile=True): custom ops have no "
-                "XLA kernel. Use backend='auto' (picks the pure-TF path under XLA) or 'tf'."
-            )
         library = _loader.load()
         if library.module is None:
             raise RuntimeError(f"backend='kernel' requested but {library.reason}")
+        if in_xla:
+            _check_xla_target(library)
         return "kernel"
     # auto
-    if not has_kernel or in_xla:
+    if not has_kernel:
         return "tf"
     library = _loader.load()
     if library.module is None:
@@ -127,7 +124,40 @@ def resolve_backend(backend: Optional[str], has_kernel: bool = True) -> str:
                 stacklevel=3,
             )
         return "tf"
+    if in_xla and not library.xla:
+        _warn_once_no_xla(library.xla_reason)
+        return "tf"
     return "kernel"
+
+
+def _check_xla_target(library) -> None:
+    """ValueError unless the kernels can be compiled by XLA where this function runs."""
+    if not library.xla:
+        raise ValueError(
+            "backend='kernel' cannot run under XLA (jit_compile=True) here: "
+            f"{library.xla_reason}. Use backend='auto' (the pure-TF path under XLA) or 'tf', "
+            "or rebuild nestad_tf against a TensorFlow that ships XLA's headers."
+        )
+    if _gpu_visible() and library.gpu_reason != "loaded":
+        raise ValueError(
+            "backend='kernel' under XLA with a GPU visible needs the GPU kernels' XLA handlers, "
+            f"but the GPU kernels are not loaded ({library.gpu_reason}). Use backend='auto' or "
+            "'tf', or run the function on the CPU."
+        )
+
+
+_xla_warned = False
+
+
+def _warn_once_no_xla(reason: str) -> None:
+    global _xla_warned
+    if not _xla_warned:
+        _xla_warned = True
+        warnings.warn(
+            f"nestad_tf: under XLA the pure-TF path runs ({reason}).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _as_float_tensor(x, name: str) -> tf.Tensor:
@@ -548,11 +578,13 @@ def backend_info() -> Dict[str, Any]:
         "reason": library.reason,
         "library": library.path,
         "built_against": library.built_against,
+        "xla": library.xla_reason,
         "tensorflow": tf.__version__,
         "gpu_visible": _gpu_visible(),
         "default_backend": stack[-1] if stack else "auto",
         "rules": (
-            "auto: the fused CPU kernel when it is loaded, no GPU is visible and the "
-            "function is not being compiled by XLA; otherwise the pure-TF forward-mode AD path"
+            "auto: the fused CPU kernel when it is loaded and no GPU is visible, also under "
+            "XLA (jit_compile), where each op is an XLA custom call to the same CPU loops; "
+            "otherwise the pure-TF forward-mode AD path"
         ),
     }

@@ -264,6 +264,11 @@ def apply_mode(model, mode: str):
 def runs_under_xla(mode: str) -> Optional[str]:
     """None if `mode` can be compiled by XLA, else why not."""
     if mode in ("nestad", "nestad-all") + STORAGE_MODES:
-        return ("the fused kernel is a custom op without an XLA implementation; under XLA "
-                "nestad's backend='auto' runs the pure-TF path, which is the nestad-tf mode")
+        from .. import _loader  # pylint: disable=g-import-not-at-top
+
+        library = _loader.load()
+        if not library.xla:
+            return (f"the fused kernels cannot be compiled by XLA here "
+                    f"({library.reason if library.module is None else library.xla_reason}); "
+                    "under XLA nestad's backend='auto' runs the pure-TF path (the nestad-tf mode)")
     return None
