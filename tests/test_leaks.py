@@ -2,8 +2,12 @@
 
 Each run is a fresh process (RSS is per process): a Dense -> nestad activation ->
 Dense model trained for STEPS steps, in a tf.function and eagerly. After a warm-up,
-TF's CPU allocator `current` bytes must read the same after every step (nothing of a
-step survives it: no saved f', no tape, no op outputs), and RSS may grow only a little.
+TF's CPU allocator `current` bytes, read after every step, must show no trend
+(nothing of a step survives it: no saved f', no tape, no op outputs): the median of
+the last tenth of the readings may exceed the median of the first tenth by less than
+one activation-sized tensor, whatever single readings do in between (their spread
+is reported). RSS, read every RSS_EVERY steps, may grow only a little (medians of
+the first and last three readings).
 
 TF's CPU allocator counts only allocations of 256 KiB and more in `current` (smaller
 ones come from a cache it does not report), so every activation-sized tensor here is
@@ -13,16 +17,21 @@ purpose, to show the allocator check can fail.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+import allocator
+
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 STEPS = 2000
 WARMUP = 50
+RSS_EVERY = 100
+ACTIVATION_BYTES = 512 * 256 * 4
 # Generous: RSS moves with Python's and glibc's allocators, not only with leaks. A
 # leak of one activation-sized tensor (512 KiB) per step would be 1 GB.
 RSS_GROWTH_LIMIT_MB = 40
@@ -35,8 +44,8 @@ CHILD = textwrap.dedent(
     import keras
     import nestad_tf
 
-    mode, activation, backend, steps, warmup, leak = sys.argv[1:7]
-    steps, warmup = int(steps), int(warmup)
+    mode, activation, backend, steps, warmup, rss_every, leak = sys.argv[1:8]
+    steps, warmup, rss_every = int(steps), int(warmup), int(rss_every)
 
     def rss_mb():
         with open("/proc/self/statm") as f:
@@ -67,19 +76,17 @@ CHILD = textwrap.dedent(
     if mode == "graph":
         step = tf.function(step)
 
-    current, losses = [], []
-    rss_after_warmup = None
+    current, losses, rss = [], [], []
     for i in range(steps):
         loss = step()
         losses.append(float(loss))
         del loss
         current.append(tf.config.experimental.get_memory_info("CPU:0")["current"])
-        if i + 1 == warmup:
-            rss_after_warmup = rss_mb()
+        if i + 1 >= warmup and (i + 1 - warmup) % rss_every == 0:
+            rss.append(rss_mb())
     print(json.dumps({
         "current_after_warmup": current[warmup - 1:],
-        "rss_after_warmup_mb": rss_after_warmup,
-        "rss_end_mb": rss_mb(),
+        "rss_after_warmup_mb": rss,
         "first_loss": losses[0], "last_loss": losses[-1],
         "backend": nestad_tf.backend_info()["kernel_available"],
     }))
@@ -92,10 +99,17 @@ def _train(mode, activation, backend, steps=STEPS, leak="no_leak"):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, activation, backend, str(steps), str(WARMUP), leak],
+        [sys.executable, "-c", CHILD, mode, activation, backend, str(steps), str(WARMUP),
+         str(RSS_EVERY), leak],
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _trend(readings, share=0.1):
+    """Median of the last `share` of the readings minus the median of the first (>= 3 each)."""
+    count = max(3, int(len(readings) * share))
+    return statistics.median(readings[-count:]) - statistics.median(readings[:count])
 
 
 @pytest.mark.parametrize("mode,activation,backend", [
@@ -107,19 +121,21 @@ def test_training_steps_do_not_leak(mode, activation, backend):
     run = _train(mode, activation, backend)
     assert run["backend"], "kernels not loaded"
     assert run["last_loss"] < run["first_loss"], "the model did not train"
-    current = run["current_after_warmup"]
-    levels = sorted(set(current))
-    assert len(levels) == 1, (
-        f"allocator bytes after a step vary: {len(levels)} levels from {levels[0]} to "
-        f"{levels[-1]}; first changes at step {WARMUP + next(i for i, c in enumerate(current) if c != current[0])}")
-    growth = run["rss_end_mb"] - run["rss_after_warmup_mb"]
-    print(f"{mode}/{activation}/{backend}: allocator {current[0]} bytes after every step; "
-          f"RSS {run['rss_after_warmup_mb']:.1f} -> {run['rss_end_mb']:.1f} MB "
-          f"(+{growth:.1f} MB over {STEPS - WARMUP} steps)")
-    assert growth < RSS_GROWTH_LIMIT_MB
+    current, rss = run["current_after_warmup"], run["rss_after_warmup_mb"]
+    allocator_trend, rss_trend = _trend(current), _trend(rss, share=0)
+    allocator.record(f"leaks/{mode}/{activation}/{backend}",
+                     allocator_trend_mib=allocator_trend / allocator.MiB,
+                     allocator_spread_mib=(max(current) - min(current)) / allocator.MiB,
+                     allocator_levels=len(set(current)),
+                     rss_trend_mb=rss_trend, rss_spread_mb=max(rss) - min(rss))
+    assert allocator_trend < ACTIVATION_BYTES, (
+        f"allocator bytes after a step grew by {allocator_trend / allocator.MiB:.2f} MiB over "
+        f"{len(current)} steps (median of the last tenth vs the first), from "
+        f"{min(current)} to {max(current)}")
+    assert rss_trend < RSS_GROWTH_LIMIT_MB, f"RSS grew by {rss_trend:.1f} MB: {rss}"
 
 
 def test_the_check_sees_a_leak():
     run = _train("eager", "mish", "kernel", steps=WARMUP + 20, leak="leak")
-    current = run["current_after_warmup"]
-    assert current[-1] - current[0] >= 20 * 512 * 256 * 4
+    # One tensor kept per step: 18 between the medians of the first and last 3 readings.
+    assert _trend(run["current_after_warmup"]) >= 10 * ACTIVATION_BYTES

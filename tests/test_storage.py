@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import nestad_tf
 from nestad_tf import registry, storage
+import allocator
 from activation_cases import activation_cases, case_id, sample_inputs
 from conftest import DTYPES, dtype_id, tolerance
 
@@ -157,7 +158,7 @@ def test_raw_quantized_ops_reject_bad_attributes_and_code_sizes():
         lib.activation_grad_from_output(tf.ones([2]), tf.ones([2]), activation="gelu")
 
 
-def training_step_peak(derivative, batch=4096, width=256, depth=4):
+def training_step_peak(derivative, batch=4096, width=256, depth=4) -> allocator.Measurement:
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((width,))]
@@ -173,28 +174,28 @@ def training_step_peak(derivative, batch=4096, width=256, depth=4):
         return tape.gradient(loss, model.trainable_variables)
 
     step()
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    step()
-    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    return allocator.repeat(lambda: allocator.peak_above_current(step), 7)
 
 
 def test_compressed_modes_lower_the_training_peak():
     """4 x Dense(256) + gelu, batch 4096: one f' tensor is 4 MiB in float32.
 
-    The executor's op order moves the peak by a few MiB between identical
-    steps, so each mode's peak is the lowest of three, and the assertions ask
-    for at least half of the expected saving (bfloat16 saves 8 MiB, uint8 12,
-    bits1 15.5).
+    The executor's op order moves the peak between a few levels (about 4 MiB
+    apart) between identical steps, so each mode's peak is the median of seven,
+    and the assertions ask for at least half of the expected saving (bfloat16
+    saves 8 MiB, uint8 12, bits1 15.5), less half the measured spread.
     """
     modes = ["full", "bfloat16", "uint8", "bits1"]
-    peaks = {mode: min(training_step_peak(mode) for _ in range(3)) for mode in modes}
+    peaks = {mode: training_step_peak(mode) for mode in modes}
     activation_bytes = 4096 * 256 * 4
-    print({k: round(v / 2 ** 20, 2) for k, v in peaks.items()})
-    assert peaks["bfloat16"] <= peaks["full"] - activation_bytes
-    assert peaks["uint8"] <= peaks["full"] - 1.5 * activation_bytes
-    assert peaks["bits1"] <= peaks["full"] - 2 * activation_bytes
-    assert peaks["bits1"] < peaks["bfloat16"]
+    allocator.record("peak/storage gelu", **peaks)
+    full = peaks["full"]
+    allocator.assert_lower(peaks["bfloat16"], full, activation_bytes, "bfloat16 vs full")
+    allocator.assert_lower(peaks["uint8"], full, 1.5 * activation_bytes, "uint8 vs full")
+    allocator.assert_lower(peaks["bits1"], full, 2 * activation_bytes, "bits1 vs full")
+    # 7.5 MiB expected, 3.75 measured once (both modes' repeats on a level apart).
+    allocator.assert_lower(peaks["bits1"], peaks["bfloat16"], activation_bytes / 2,
+                           "bits1 vs bfloat16")
 
 
 def test_convert_with_a_lossy_mode_replaces_more_and_round_trips(tmp_path):
