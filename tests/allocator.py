@@ -21,6 +21,7 @@ import os
 import statistics
 from typing import Callable, List
 
+import keras
 import tensorflow as tf
 
 MiB = 2 ** 20
@@ -83,6 +84,25 @@ def growth(run: Callable[[], object]) -> int:
         before = current()
         run()
         return current() - before
+
+
+class FitStepPeaks(keras.callbacks.Callback):
+    """`peak_above_current` of every training step of `model.fit`, per batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: List[int] = []
+        self._collection = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._collection = no_garbage_collection()
+        self._collection.__enter__()
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        self._before = current()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(tf.config.experimental.get_memory_info("CPU:0")["peak"] - self._before)
+        self._collection.__exit__(None, None, None)
 
 
 def repeat(measure: Callable[[], int], repeats: int = REPEATS) -> Measurement:

@@ -69,6 +69,35 @@ def test_training_step_peak_is_lower_than_keras_composite(name):
                            f"{name}: nestad pure-TF step peak vs Keras")
 
 
+def fit_step_peaks(activation, steps=8) -> allocator.Measurement:
+    """Peaks of the training steps of `model.fit` (per batch, by a callback), but the first."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((WIDTH,))]
+        + [keras.layers.Dense(WIDTH, activation=activation) for _ in range(DEPTH)]
+        + [keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(steps * BATCH, WIDTH)).astype("float32")
+    y = rng.normal(size=(steps * BATCH, 1)).astype("float32")
+    peaks = allocator.FitStepPeaks()
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[peaks], verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert len(peaks.values) == steps
+    return allocator.Measurement(peaks.values[1:])  # the first step traces and builds
+
+
+@pytest.mark.parametrize("name", ["mish", "gelu"])
+def test_fit_step_peak_is_lower_than_keras_composite(name):
+    """model.fit, as users train: the same saving per step as a hand-written step."""
+    keras_peak = fit_step_peaks(getattr(keras.activations, name))
+    nestad_peak = fit_step_peaks(getattr(nestad_tf, name))
+    allocator.record(f"fit/{name}", keras=keras_peak, nestad=nestad_peak)
+    allocator.assert_lower(nestad_peak, keras_peak, DEPTH * ACTIVATION_BYTES,
+                           f"{name}: model.fit step peak, nestad vs Keras")
+
+
 def test_eager_training_keeps_less_than_keras():
     """Eager: per layer the tape holds f'(x) and y (which the next matmul keeps anyway).
 
