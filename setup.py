@@ -116,6 +116,9 @@ CUDA_DIR = os.path.join(ROOT, "kernels", "cuda")
 # kernels/cuda/*.cu: the kernels (nvcc, no TF headers); kernels/cuda/*_ops.cc: their TF op
 # glue (the C++ compiler, against TF's CUDA headers). .ci/cuda_check.sh uses the same rule.
 GPU_GLUE_SUFFIX = "_ops.cc"
+# kernels/cuda/*_ffi.cc: the XLA FFI handlers (the C++ compiler, XLA's header-only FFI API),
+# built into the GPU library when the CPU library gets its XLA lowering.
+GPU_FFI_SUFFIX = "_ffi.cc"
 
 
 def _find_nvcc():
@@ -153,10 +156,12 @@ def _nvcc_flags():
     return flags + [f"-gencode=arch=compute_{archs[0]},code=[{codes}]"]
 
 
-def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_include, temp):
-    """Compiles kernels/cuda/*.cu with nvcc (no TF headers) and the op glue with the C++
-    compiler against TF's CUDA headers, in parallel, and links them into `output`. The CUDA
-    runtime is not linked: CUDA TensorFlow's framework library exports it."""
+def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_include, temp,
+                       xla_link_flags):
+    """Compiles kernels/cuda/*.cu with nvcc (no TF headers), the op glue with the C++
+    compiler against TF's CUDA headers and, with `xla_link_flags`, the XLA FFI handlers, in
+    parallel, and links them into `output`. The CUDA runtime is not linked: CUDA
+    TensorFlow's framework library exports it."""
     os.makedirs(temp, exist_ok=True)
     include = ["-I" + os.path.join(ROOT, "kernels")]
     jobs = []
@@ -171,12 +176,18 @@ def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_i
             jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
                          + ["-I" + cuda_include, "-DGOOGLE_CUDA=1", os.path.join(CUDA_DIR, name),
                             "-o", glue_obj], glue_obj))
+        if name.endswith(GPU_FFI_SUFFIX) and xla_link_flags:
+            ffi_obj = os.path.join(temp, name + ".o")
+            jobs.append(([compiler, "-c"] + CXX_FLAGS + compile_flags + include
+                         + [os.path.join(CUDA_DIR, name), "-o", ffi_obj], ffi_obj))
     _compile_and_link(
         [command for command, _ in jobs],
-        [compiler, "-shared", "-fPIC"] + [obj for _, obj in jobs] + ["-o", output] + link_flags,
+        [compiler, "-shared", "-fPIC"] + [obj for _, obj in jobs] + ["-o", output] + link_flags
+        + xla_link_flags,
         "the GPU kernels",
         "Fix the error above, or set NESTAD_TF_NO_CUDA=1 to install the CPU kernels only.")
-    return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags()}
+    return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags(),
+            "xla": bool(xla_link_flags)}
 
 
 class BuildKernels(build_ext):
@@ -235,7 +246,7 @@ class BuildKernels(build_ext):
                 gpu_output = os.path.join(os.path.dirname(output), GPU_LIBRARY_NAME)
                 info["cuda"] = _build_gpu_library(
                     gpu_output, compiler, compile_flags, link_flags, *cuda_plan,
-                    os.path.join(self.build_temp, "cuda"))
+                    os.path.join(self.build_temp, "cuda"), xla_link_flags)
                 self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [gpu_output]
             info_path = os.path.join(os.path.dirname(output), "_build_info.json")
             with open(info_path, "w") as f:

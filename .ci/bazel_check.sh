@@ -13,7 +13,8 @@
 #    float, double) on a few hundred values, once with the setup.py library
 #    (nestad_tf._loader.load().module) and once with the Bazel one
 #    (tf.load_op_library), in two processes (the two libraries register the same
-#    op names, so they cannot share one), and requires bit-identical y and f'.
+#    op names, so they cannot share one), and requires bit-identical y and f',
+#    eagerly and under XLA (jit_compile: the Bazel library's custom calls).
 # Exits non-zero with a message saying which step failed.
 set -euo pipefail
 
@@ -113,18 +114,28 @@ def main(mode, *args):
     reference = np.load(reference_path)
     # tf.load_op_library names the wrapper after the full op type (see nestad_tf._loader).
     op_name = f"{str(reference['op_namespace']).lower()}_fused_activation"
-    results = run_all(getattr(library, op_name))
+    fused_activation = getattr(library, op_name)
+    results = run_all(fused_activation)
+    # The same op under XLA: the Bazel library's custom-call lowering and FFI handlers.
+    jitted = tf.function(fused_activation, jit_compile=True)
+    results.update({f"xla:{key}": bits for key, bits in run_all(jitted).items()})
+    mish = tf.function(lambda t: fused_activation(t, activation="mish", params=[]),
+                       jit_compile=True)
+    hlo = mish.experimental_get_compiler_ir(tf.constant(VALUES, tf.float32))(stage="optimized_hlo")
+    if 'custom_call_target="nestad_fused_activation"' not in hlo:
+        sys.exit("the Bazel library's op did not lower to nestad's XLA custom call:\n" + hlo)
     mismatches = []
-    for key, bits in results.items():
+    for label, bits in results.items():
+        key = label[len("xla:"):] if label.startswith("xla:") else label
         differing = np.flatnonzero(bits != reference[key])
         if differing.size:
             i = differing[0]
-            mismatches.append(f"{key}: {differing.size} of {bits.size} values differ "
+            mismatches.append(f"{label}: {differing.size} of {bits.size} values differ "
                               f"(first at x={float(VALUES[i])!r}: bits {bits[i]:#x} vs setup.py {reference[key][i]:#x})")
     if mismatches:
         sys.exit("the Bazel library differs from the setup.py library:\n  " + "\n  ".join(mismatches))
-    print(f"bazel_check: {len(results)} outputs x {VALUES.size} values bit-identical "
-          f"({', '.join(ACTIVATIONS)}; {', '.join(d.name for d in DTYPES)})")
+    print(f"bazel_check: {len(results)} outputs x {VALUES.size} values bit-identical, eager and "
+          f"under XLA ({', '.join(ACTIVATIONS)}; {', '.join(d.name for d in DTYPES)})")
 
 
 main(*sys.argv[1:])

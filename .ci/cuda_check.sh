@@ -4,7 +4,9 @@
 #   2. the TF op glue (kernels/cuda/*_ops.cc, g++ -DGOOGLE_CUDA=1) when CUDA
 #      TensorFlow headers are at hand: $NESTAD_TF_CUDA_INCLUDE (a CUDA TF wheel's
 #      tensorflow/include), or the Python's TensorFlow when it is a CUDA build;
-#   3. tools/gpu_check (sm_90), linked, and its --self-check run (CPU only).
+#   3. the XLA FFI handlers (kernels/cuda/*_ffi.cc, the C++ compiler, XLA's header-only
+#      FFI API from the Python's TensorFlow, CUDA build or not);
+#   4. tools/gpu_check (sm_90), linked, and its --self-check run (CPU only).
 # Fails on any compile error or self-check failure. Prints its time.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +51,17 @@ if [[ -n "$TF_INCLUDE" && -f "$TF_INCLUDE/third_party/gpus/cuda/include/cuda_run
   done
 else
   echo "cuda_check: TF op glue not compiled (no CUDA TensorFlow headers; set NESTAD_TF_CUDA_INCLUDE)"
+fi
+
+TF_ANY_INCLUDE="$(python3 -c 'import tensorflow as tf; print(tf.sysconfig.get_include())' 2>/dev/null || true)"
+if [[ -n "$TF_ANY_INCLUDE" && -f "$TF_ANY_INCLUDE/xla/ffi/api/ffi.h" ]]; then
+  for handlers in "$ROOT"/kernels/cuda/*_ffi.cc; do
+    compile "$(basename "$handlers")" "${CXX:-g++}" -c -O2 -g0 -fPIC --std=c++17 \
+      -D_GLIBCXX_USE_CXX11_ABI=1 -Wno-deprecated-declarations -I"$TF_ANY_INCLUDE" "${INCLUDE[@]}" \
+      "$handlers" -o "$OUT/ffi_$(basename "$handlers" .cc).o"
+  done
+else
+  echo "cuda_check: XLA FFI handlers not compiled (no TensorFlow with XLA's FFI headers)"
 fi
 
 failed=0

@@ -18,12 +18,6 @@
 #include "xla/ffi/api/ffi.h"
 #include "xla_custom_call.h"
 
-namespace xla::ffi {
-// Exported by libtensorflow_cc (xla/ffi/ffi_api.h, which is not self-contained
-// enough to include here): the FFI API that XLA's custom-call registry uses.
-const XLA_FFI_Api* GetXlaFfiApi();
-}  // namespace xla::ffi
-
 namespace nestad {
 namespace {
 
@@ -191,8 +185,8 @@ ffi::Error FusedActivationQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
     return error;
   }
   const int64_t n = static_cast<int64_t>(x.element_count());
-  if (static_cast<int64_t>(code->element_count()) != PackedBytes(n, q.bits)) {
-    return ffi::Error::InvalidArgument(std::string(target) + ": code has the wrong size");
+  if (ffi::Error error = xla_call::CheckCodes(target, *code, n, q.bits); error.failure()) {
+    return error;
   }
   return ForStorageType(target, x.element_type(), [&](auto s) {
     using S = decltype(s);
@@ -214,8 +208,8 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
     return error;
   }
   const int64_t n = static_cast<int64_t>(dy.element_count());
-  if (static_cast<int64_t>(code.element_count()) != PackedBytes(n, q.bits)) {
-    return ffi::Error::InvalidArgument(std::string(target) + ": code has the wrong size");
+  if (ffi::Error error = xla_call::CheckCodes(target, code, n, q.bits); error.failure()) {
+    return error;
   }
   return ForStorageType(target, dy.element_type(), [&](auto s) {
     using S = decltype(s);
@@ -228,59 +222,31 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
 }  // namespace
 
 // The bindings, in the order of each handler's parameters.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationHost, FusedActivationHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<std::string_view>("activation")
-                                  .Attr<BitsSpan>("params"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationGradHost, FusedActivationGradHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationForwardHost, ActivationForwardHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<std::string_view>("activation")
-                                  .Attr<BitsSpan>("params"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationGradFromOutputHost, ActivationGradFromOutputHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<std::string_view>("activation")
-                                  .Attr<BitsSpan>("params"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kFusedActivationQuantizedHost, FusedActivationQuantizedHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<std::string_view>("activation")
-                                  .Attr<BitsSpan>("params")
-                                  .Attr<std::string_view>("format")
-                                  .Attr<int32_t>("bits")
-                                  .Attr<BitsSpan>("breakpoints")
-                                  .Attr<BitsSpan>("levels")
-                                  .Attr<BitsSpan>("range"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kActivationGradQuantizedHost, ActivationGradQuantizedHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<std::string_view>("format")
-                                  .Attr<int32_t>("bits")
-                                  .Attr<BitsSpan>("breakpoints")
-                                  .Attr<BitsSpan>("levels")
-                                  .Attr<BitsSpan>("range"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationHost, FusedActivationHost,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
+                                 .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationGradHost, FusedActivationGradHost,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationForwardHost, ActivationForwardHost,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
+                                 .Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationGradFromOutputHost, ActivationGradFromOutputHost,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
+                                 .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationQuantizedHost, FusedActivationQuantizedHost,
+    xla_call::BindQuantizer(xla_call::BindActivation(
+        ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+            .Ret<ffi::AnyBuffer>())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationGradQuantizedHost, ActivationGradQuantizedHost,
+    xla_call::BindQuantizer(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
 
 XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivation, "Host",
                          kFusedActivationHost);

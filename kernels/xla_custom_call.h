@@ -17,11 +17,19 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "fused_activation.h"
 #include "storage.h"
 #include "xla/ffi/api/ffi.h"
+
+namespace xla::ffi {
+// Exported by libtensorflow_cc (declared in xla/ffi/ffi_api.h, which is not
+// self-contained enough to include here): the FFI API of XLA's custom-call
+// registry, where the handlers register.
+const XLA_FFI_Api* GetXlaFfiApi();
+}  // namespace xla::ffi
 
 namespace nestad {
 namespace xla_call {
@@ -104,6 +112,34 @@ inline ::xla::ffi::Error SameElements(const char* target, const ::xla::ffi::AnyB
   }
   return ::xla::ffi::Error::InvalidArgument(std::string(target) +
                                             ": operands differ in element type or count");
+}
+
+// InvalidArgument unless `code` holds the packed codes of n elements at `bits` bits.
+inline ::xla::ffi::Error CheckCodes(const char* target, const ::xla::ffi::AnyBuffer& code,
+                                    int64_t n, int bits) {
+  if (static_cast<int64_t>(code.element_count()) == PackedBytes(n, bits)) {
+    return ::xla::ffi::Error::Success();
+  }
+  return ::xla::ffi::Error::InvalidArgument(std::string(target) + ": code must hold " +
+                                            std::to_string(PackedBytes(n, bits)) + " bytes");
+}
+
+// The FFI attributes of the ops that take an activation, and of those that
+// take a quantizer, appended to a handler's binding (after its buffers).
+template <typename Binding>
+auto BindActivation(Binding binding) {
+  return std::move(binding).template Attr<std::string_view>("activation").template Attr<BitsSpan>(
+      "params");
+}
+
+template <typename Binding>
+auto BindQuantizer(Binding binding) {
+  return std::move(binding)
+      .template Attr<std::string_view>("format")
+      .template Attr<int32_t>("bits")
+      .template Attr<BitsSpan>("breakpoints")
+      .template Attr<BitsSpan>("levels")
+      .template Attr<BitsSpan>("range");
 }
 
 }  // namespace xla_call

@@ -70,6 +70,7 @@ class KernelLibrary:
     gpu_reason: str = "not loaded"  # "loaded", or why the GPU kernels are not registered
     # "loaded" when the ops lower to XLA custom calls (jit_compile), or why they do not.
     xla_reason: str = "not loaded"
+    gpu_xla: bool = False  # the GPU kernels carry the custom calls' handlers for XLA:GPU
 
     @property
     def xla(self) -> bool:
@@ -177,8 +178,10 @@ def _load() -> KernelLibrary:
         )
     xla_reason = ("loaded" if build_info.get("xla") else
                   "the library was built without XLA's headers (no custom-call lowering)")
+    gpu_reason = _load_gpu_kernels(path, build_info)
+    gpu_xla = gpu_reason == "loaded" and bool((build_info.get("cuda") or {}).get("xla"))
     return KernelLibrary(types.SimpleNamespace(**wrappers), path, built_against, "loaded",
-                         _load_gpu_kernels(path, build_info), xla_reason)
+                         gpu_reason, xla_reason, gpu_xla)
 
 
 def _load_gpu_kernels(path: str, build_info: dict) -> str:

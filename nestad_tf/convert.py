@@ -321,6 +321,7 @@ class ActivationReport:
       keras_bytes_per_sample / nestad_bytes_per_sample: bytes kept per sample beyond the
         output (which the next layer keeps anyway); None when the shape is unknown.
       reason: for activations that are not nestad's, why.
+      xla_form: for nestad activations that keep something else under XLA, what and why.
     """
 
     layer: str
@@ -336,6 +337,7 @@ class ActivationReport:
     keras_bytes_per_sample: Optional[int]
     nestad_bytes_per_sample: Optional[int]
     reason: Optional[str]
+    xla_form: Optional[str] = None
 
     @property
     def bytes_per_sample(self) -> Optional[int]:
@@ -381,6 +383,8 @@ class MemoryReport(list):
         for entry in self:
             status = (f"nestad ({entry.replaced_by})" if entry.replaced
                       else f"Keras: {entry.reason}")
+            if entry.replaced and entry.xla_form:
+                status += f"; under XLA {entry.xla_form}"
             rows.append((entry.layer, entry.activation, entry.dtype,
                          _fmt(entry.keras_bytes_per_sample), _fmt(entry.bytes_per_sample), status))
         widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(5)]
@@ -456,13 +460,70 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
         keras_bytes_per_sample=per_sample(keras_saved),
         nestad_bytes_per_sample=per_sample(nestad_saved),
         reason=reason,
+        xla_form=_xla_form(layer, found) if replaced else None,
     )
+
+
+def _xla_form(layer, found: _Found) -> Optional[str]:
+    """What a nestad activation keeps under XLA where that differs from graph mode."""
+    holder = layer if found.kind == "layer" else getattr(layer, "activation", None)
+    if not getattr(holder, "after_normalization", False):
+        return None
+    return ("keeps nothing: x is a normalization's output, and the backward pass recomputes "
+            "x and f'(x) from the normalization's input (kept anyway) in ops XLA fuses")
+
+
+_NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+                   keras.layers.GroupNormalization)
+
+
+def _inbound_layer_names(layer_config) -> List[str]:
+    """Names of the layers whose outputs a Functional model's layer config takes as inputs."""
+    names = []
+
+    def visit(value):
+        if isinstance(value, dict):
+            history = value.get("config", {}).get("keras_history") if value.get(
+                "class_name") == "__keras_tensor__" else None
+            if history:
+                names.append(history[0])
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(layer_config.get("inbound_nodes", []))
+    return names
+
+
+def _after_normalization(model) -> set:
+    """ids of the layers, in `model` and the graph models nested in it, whose only input
+    is the output of a normalization layer (BatchNormalization, LayerNormalization,
+    GroupNormalization)."""
+    found = set()
+    containers = [model] + [layer for _, layer, _ in _walk(model)]
+    for container in containers:
+        if isinstance(container, keras.Sequential):
+            for before, layer in zip(container.layers, container.layers[1:]):
+                if isinstance(before, _NORMALIZATIONS):
+                    found.add(id(layer))
+        elif _is_functional(container):
+            by_name = {layer.name: layer for layer in container.layers}
+            for config in container.get_config().get("layers", []):
+                inbound = set(_inbound_layer_names(config))
+                layer = by_name.get(config.get("name"))
+                if (layer is not None and len(inbound) == 1
+                        and isinstance(by_name.get(next(iter(inbound))), _NORMALIZATIONS)):
+                    found.add(id(layer))
+    return found
 
 
 def _describe_nestad(layer, found: _Found) -> str:
     if found.kind == "layer" and isinstance(layer, _layers.Activation):
         backend = "" if layer.backend is None else f", backend={layer.backend!r}"
-        return f"nestad_tf.layers.Activation({found.label!r}{backend})"
+        after = ", after_normalization=True" if layer.after_normalization else ""
+        return f"nestad_tf.layers.Activation({found.label!r}{backend}{after})"
     function = getattr(layer, "activation", None)
     return repr(function) if function is not None else found.label
 
@@ -601,9 +662,10 @@ def _nestad_function(found: _Found, backend: str,
     )
 
 
-def _nestad_layer(layer, found: _Found, backend: str, derivative: str = "exact") -> _layers.Activation:
+def _nestad_layer(layer, found: _Found, backend: str, derivative: str = "exact",
+                  after_normalization: bool = False) -> _layers.Activation:
     return _layers.Activation(found.spec.name, backend=None if backend == "auto" else backend,
-                              derivative=derivative,
+                              derivative=derivative, after_normalization=after_normalization,
                               name=layer.name, dtype=layer.dtype_policy, **found.params)
 
 
@@ -736,12 +798,14 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         entries_in_order.append((path, layer, decision))
 
     swapped_paths = set()
+    after_normalization = _after_normalization(model)
 
     def clone_layer(layer):
         record = decisions.get(id(layer))
         if record is not None and record[2].replace and record[2].found.kind == "layer":
             if replace_with is None:
-                return _nestad_layer(layer, record[2].found, backend, derivative)
+                return _nestad_layer(layer, record[2].found, backend, derivative,
+                                     id(layer) in after_normalization)
             swapped_paths.add(record[0])
             found = record[2].found
             return keras.layers.Activation(replace_with(found.spec.name, dict(found.params)),

@@ -25,6 +25,10 @@ class Activation(keras.layers.Layer):
         (default): the innermost `nestad_tf.backend_scope` at call time, else "auto".
       derivative: how f'(x) is kept: "exact" (default, the cheapest exact form),
         "full", "bfloat16", "uint8", "bits4" ... "bits1" (see `nestad_tf.storage`).
+      after_normalization: the input is a normalization's output (BatchNormalization,
+        LayerNormalization, GroupNormalization; `nestad_tf.convert` sets it). Under XLA
+        the backward pass then keeps nothing: it recomputes f'(x) from the
+        normalization's input in ops XLA fuses (f' stays exact, whatever `derivative`).
       **kwargs: the activation's parameters (Keras names, e.g. `negative_slope`)
         and the usual Keras layer arguments (`name`, `dtype`, ...).
 
@@ -33,7 +37,7 @@ class Activation(keras.layers.Layer):
     """
 
     def __init__(self, activation: str, backend: Optional[str] = None,
-                 derivative: str = "exact", **kwargs):
+                 derivative: str = "exact", after_normalization: bool = False, **kwargs):
         spec = registry.get(activation)
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in _KERAS_LAYER_KWARGS}
         super().__init__(**kwargs)
@@ -42,13 +46,15 @@ class Activation(keras.layers.Layer):
         self.activation = spec.name
         self.backend = backend
         self.derivative = storage.check_mode(derivative)
+        self.after_normalization = bool(after_normalization)
         self.params = spec.bind(params)
         self._spec = spec
         self.supports_masking = True
 
     def call(self, inputs):
         # No f' in inference graphs (see ops.keras_apply).
-        return ops.keras_apply(inputs, self._spec, self.params, self.backend, self.derivative)
+        return ops.keras_apply(inputs, self._spec, self.params, self.backend, self.derivative,
+                               self.after_normalization)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -63,4 +69,6 @@ class Activation(keras.layers.Layer):
         config = super().get_config()
         config.update({"activation": self.activation, "backend": self.backend,
                        "derivative": self.derivative, **self.params})
+        if self.after_normalization:
+            config["after_normalization"] = True
         return config

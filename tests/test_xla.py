@@ -28,6 +28,10 @@ pytestmark = pytest.mark.skipif(not _loader.load().xla,
                                 reason=f"no XLA lowering: {_loader.load().xla_reason}")
 
 DERIVATIVES = storage.DERIVATIVE_MODES
+# Every device present: on a GPU the custom calls run the CUDA handlers
+# (kernels/cuda/xla_gpu_ffi.cc) against the GPU ops in graph mode.
+DEVICES = ["CPU"] + (["GPU"] if tf.config.list_logical_devices("GPU") and _loader.load().gpu_xla
+                     else [])
 TARGET = re.compile(r'custom_call_target="(nestad_[a-z_]+)"')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,24 +63,26 @@ def _as_float64(tensors):
 
 @pytest.mark.parametrize("derivative", DERIVATIVES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_jit_equals_graph_mode_bit_for_bit(dtype, derivative):
+@pytest.mark.parametrize("device", DEVICES)
+def test_jit_equals_graph_mode_bit_for_bit(device, dtype, derivative):
     cases = activation_cases()
     xs = [sample_inputs(name, params, dtype, seed=i) for i, (name, params) in enumerate(cases)]
     rng = np.random.default_rng(1)
     dys = [tf.cast(rng.normal(size=x.shape), dtype) for x in xs]
     step = _value_and_gradient(cases, derivative)
-    with warnings.catch_warnings():
+    backend = "kernel" if device == "GPU" else "auto"  # auto: the pure-TF path on a GPU
+    with warnings.catch_warnings(), tf.device(f"/{device}:0"), nestad_tf.backend_scope(backend):
         warnings.simplefilter("error", RuntimeWarning)  # no "pure-TF path" fallback warning
         graph_y, graph_dx = tf.function(step)(xs, dys)
         jitted = tf.function(step, jit_compile=True)
         jit_y, jit_dx = jitted(xs, dys)
+        calls = _custom_calls(jitted, xs, dys)
     for i, case in enumerate(cases):
         for what, graph, jit in (("y", graph_y, jit_y), ("dx", graph_dx, jit_dx)):
             np.testing.assert_array_equal(
                 _as_float64([jit[i]])[0], _as_float64([graph[i]])[0],
                 err_msg=f"{case_id(case)} {what}: XLA and graph mode differ")
 
-    calls = _custom_calls(jitted, xs, dys)
     assert all(TARGET.search(line) for line in calls), calls
     for name, params in cases:
         kernel_name, _ = registry.get(name).kernel_attrs(registry.get(name).bind(params))
@@ -343,3 +349,54 @@ def test_xla_keeps_less_than_keras_activation(activation, tmp_path):
                                       f.read()).group(1))
     assert temp["nestad"] < temp["keras"], temp
     assert peaks["nestad"] <= peaks["keras"], peaks
+
+
+def _conv_bn_model(activation="mish", sequential=False):
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Conv2D(8, 3, padding="same", use_bias=False),
+              keras.layers.BatchNormalization(), keras.layers.Activation(activation),
+              keras.layers.Conv2D(8, 3, padding="same"), keras.layers.Activation(activation),
+              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    if sequential:
+        return keras.Sequential([keras.Input((8, 8, 2))] + layers)
+    inputs = keras.Input((8, 8, 2))
+    h = inputs
+    for layer in layers:
+        h = layer(h)
+    return keras.Model(inputs, h)
+
+
+@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
+def test_convert_marks_activations_after_a_normalization(sequential, tmp_path):
+    converted = nestad_tf.convert(_conv_bn_model(sequential=sequential))
+    marked = [layer.after_normalization for layer in converted.layers
+              if isinstance(layer, nestad_tf.layers.Activation)]
+    assert marked == [True, False]
+    report = str(nestad_tf.memory_report(converted))
+    assert report.count("under XLA keeps nothing") == 1, report
+    path = str(tmp_path / "m.keras")
+    converted.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert [getattr(layer, "after_normalization", None) for layer in loaded.layers
+            if isinstance(layer, nestad_tf.layers.Activation)] == [True, False]
+
+
+def test_after_a_normalization_xla_recomputes_f_prime_in_fused_ops():
+    """Under XLA the activation after BatchNormalization keeps no f' (its backward pass is
+    XLA's fusion of the reference's gradient); graph mode keeps f' as everywhere else."""
+    model = nestad_tf.convert(_conv_bn_model())
+    x = tf.random.normal([4, 8, 8, 2], seed=2)
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) ** 2)
+        return tape.gradient(loss, model.trainable_variables)
+
+    jitted = tf.function(gradients, jit_compile=True)
+    for graph, jit in zip(tf.function(gradients)(x), jitted(x)):
+        np.testing.assert_allclose(jit, graph, rtol=1e-4, atol=1e-5)
+    targets = [TARGET.search(line).group(1) for line in _custom_calls(jitted, x)]
+    # First activation: y from the kernel, no f' kept or applied by a custom call;
+    # second (after a Conv2D): the fused pair as everywhere else.
+    assert sorted(targets) == ["nestad_activation_forward", "nestad_fused_activation",
+                               "nestad_fused_activation_grad"], targets

@@ -5,11 +5,13 @@ For each activation, on one float tensor of `elements` elements:
   forward   x -> (y, f'(x)): reads 1 tensor, writes 2
       nestad      the fused op FusedActivation
       tf          forward-mode AD of Keras' definition (nestad's pure-TF path), tf.function
-      xla         the same function with jit_compile=True
+      xla         the same function with jit_compile=True (XLA's own fusion of it)
+      xla_call    the fused op under jit_compile=True: nestad's XLA custom call
   backward  (dy, f'(x)) -> dx = dy * f'(x): reads 2 tensors, writes 1
       nestad      the fused op FusedActivationGrad
       tf          dy * d in a tf.function
       xla         the same with jit_compile=True
+      xla_call    the fused op under jit_compile=True: nestad's XLA custom call
 
 and, measured in the same run, the machine's streaming bandwidth through TF:
 
@@ -122,6 +124,10 @@ def activation_throughput(activation: str, elements: int, dtype: str, warmup: in
     if xla:
         forward["xla"] = tf.function(lambda x: ops.forward_ad(reference, x), jit_compile=True)
         backward["xla"] = tf.function(lambda dy, d: dy * d, jit_compile=True)
+        if _loader.load().xla:
+            forward["xla_call"] = tf.function(lambda x: library.fused_activation(
+                x, activation=kernel_name, params=kernel_params), jit_compile=True)
+            backward["xla_call"] = tf.function(library.fused_activation_grad, jit_compile=True)
 
     _, d = forward["nestad"](x)
     result = {"activation": activation, "dtype": dtype, "elements": elements,

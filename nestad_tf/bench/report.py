@@ -221,12 +221,12 @@ def kernel_table(copy: Dict[str, dict], results: List[dict]) -> str:
         lines.append(f"  {name:<11} {figure['gb_per_s']:7.1f} GB/s (median {figure['median_seconds'] * 1e3:.1f} "
                      f"ms, best {figure['best_gb_per_s']:.1f} GB/s)")
     lines.append("")
-    lines.append(f"{'activation':<12} {'dir':<9} {'impl':<7} {'ms (median)':>11} {'GB/s':>7} "
+    lines.append(f"{'activation':<12} {'dir':<9} {'impl':<8} {'ms (median)':>11} {'GB/s':>7} "
                  f"{'x copy':>7} {'x copy_2to1':>12}")
     for result in results:
         for direction in ("forward", "backward"):
             for name, figure in result[direction].items():
-                lines.append(f"{result['activation']:<12} {direction:<9} {name:<7} "
+                lines.append(f"{result['activation']:<12} {direction:<9} {name:<8} "
                              f"{figure['median_seconds'] * 1e3:11.1f} {figure['gb_per_s']:7.1f} "
                              f"{figure['fraction_of_copy']:7.2f} "
                              f"{figure['fraction_of_copy_2to1']:12.2f}")

@@ -1,0 +1,224 @@
+// XLA FFI handlers of nestad's ops for platform "CUDA" (XLA:GPU): the custom
+// calls that kernels/xla_lowering.cc emits under jit_compile, launched through
+// the TF-free API of fused_activation_gpu.h on the stream XLA passes, so XLA
+// runs the same CUDA kernels as the TF GPU ops (the same f' codes, byte for
+// byte). Compiled by the C++ compiler against XLA's header-only FFI API (no
+// CUDA or TF headers), into the GPU library.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "../storage.h"
+#include "../xla_custom_call.h"
+#include "fused_activation_gpu.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nestad {
+namespace {
+
+namespace ffi = ::xla::ffi;
+using Stream = ffi::PlatformStream<CUstream_st*>;
+using xla_call::BitsSpan;
+
+// The element type of a buffer, or false for a type the kernels do not take.
+bool ElementTypeOf(const ffi::AnyBuffer& buffer, gpu::ElementType* type) {
+  switch (buffer.element_type()) {
+    case ffi::DataType::F16:
+      *type = gpu::ElementType::kFloat16;
+      return true;
+    case ffi::DataType::BF16:
+      *type = gpu::ElementType::kBFloat16;
+      return true;
+    case ffi::DataType::F32:
+      *type = gpu::ElementType::kFloat32;
+      return true;
+    case ffi::DataType::F64:
+      *type = gpu::ElementType::kFloat64;
+      return true;
+    default:
+      return false;
+  }
+}
+
+ffi::Error TypeError(const char* target) {
+  return ffi::Error::InvalidArgument(std::string(target) +
+                                     ": x must be float16, bfloat16, float32 or float64");
+}
+
+ffi::Error LaunchError(const char* target, const char* error) {
+  if (error == nullptr) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string(target) + " GPU launch: " + error);
+}
+
+ffi::Error Forward(const char* target, CUstream_st* stream, const xla_call::Activation& a,
+                   gpu::DerivativeStorage storage, const ffi::AnyBuffer& x, void* y,
+                   void* derivative, const Quantizer* quantizer) {
+  gpu::ForwardArgs args;
+  if (!ElementTypeOf(x, &args.type)) return TypeError(target);
+  args.kind = a.kind;
+  args.params = a.params.data();
+  args.storage = storage;
+  args.n = static_cast<int64_t>(x.element_count());
+  args.x = x.untyped_data();
+  args.y = y;
+  args.derivative = derivative;
+  args.quantizer = quantizer;
+  return LaunchError(target, gpu::LaunchFusedForward(args, stream));
+}
+
+ffi::Error Backward(const char* target, CUstream_st* stream, gpu::BackwardArgs args,
+                    const ffi::AnyBuffer& dy, const void* derivative, void* dx) {
+  if (!ElementTypeOf(dy, &args.type)) return TypeError(target);
+  args.n = static_cast<int64_t>(dy.element_count());
+  args.dy = dy.untyped_data();
+  args.derivative = derivative;
+  args.dx = dx;
+  return LaunchError(target, gpu::LaunchFusedBackward(args, stream));
+}
+
+ffi::Error FusedActivationCuda(CUstream_st* stream, ffi::AnyBuffer x,
+                               ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> d,
+                               std::string_view activation, BitsSpan params) {
+  const char* target = xla_call::kFusedActivation;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  return Forward(target, stream, a, gpu::DerivativeStorage::kExact, x, y->untyped_data(),
+                 d->untyped_data(), nullptr);
+}
+
+ffi::Error FusedActivationGradCuda(CUstream_st* stream, ffi::AnyBuffer dy, ffi::AnyBuffer d,
+                                   ffi::Result<ffi::AnyBuffer> dx) {
+  const char* target = xla_call::kFusedActivationGrad;
+  if (ffi::Error error = xla_call::SameElements(target, dy, d); error.failure()) return error;
+  gpu::BackwardArgs args;
+  args.storage = gpu::DerivativeStorage::kExact;
+  return Backward(target, stream, args, dy, d.untyped_data(), dx->untyped_data());
+}
+
+ffi::Error ActivationForwardCuda(CUstream_st* stream, ffi::AnyBuffer x,
+                                 ffi::Result<ffi::AnyBuffer> y, std::string_view activation,
+                                 BitsSpan params) {
+  const char* target = xla_call::kActivationForward;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  return Forward(target, stream, a, gpu::DerivativeStorage::kFromOutput, x, y->untyped_data(),
+                 nullptr, nullptr);
+}
+
+ffi::Error ActivationGradFromOutputCuda(CUstream_st* stream, ffi::AnyBuffer dy, ffi::AnyBuffer y,
+                                        ffi::Result<ffi::AnyBuffer> dx,
+                                        std::string_view activation, BitsSpan params) {
+  const char* target = xla_call::kActivationGradFromOutput;
+  xla_call::Activation a;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  if (const std::string error = DerivativeFromOutputError(a.kind, a.params.data());
+      !error.empty()) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+  }
+  if (ffi::Error error = xla_call::SameElements(target, dy, y); error.failure()) return error;
+  gpu::BackwardArgs args;
+  args.storage = gpu::DerivativeStorage::kFromOutput;
+  args.kind = a.kind;
+  args.params = a.params.data();
+  return Backward(target, stream, args, dy, y.untyped_data(), dx->untyped_data());
+}
+
+ffi::Error FusedActivationQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer x,
+                                        ffi::Result<ffi::AnyBuffer> y,
+                                        ffi::Result<ffi::AnyBuffer> code,
+                                        std::string_view activation, BitsSpan params,
+                                        std::string_view format, int32_t bits,
+                                        BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
+  const char* target = xla_call::kFusedActivationQuantized;
+  xla_call::Activation a;
+  Quantizer q;
+  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
+      error.failure()) {
+    return error;
+  }
+  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
+                                                   range, &q);
+      error.failure()) {
+    return error;
+  }
+  if (ffi::Error error = xla_call::CheckCodes(target, *code, x.element_count(), q.bits);
+      error.failure()) {
+    return error;
+  }
+  return Forward(target, stream, a, gpu::DerivativeStorage::kQuantized, x, y->untyped_data(),
+                 code->untyped_data(), &q);
+}
+
+ffi::Error ActivationGradQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer dy,
+                                       ffi::AnyBuffer code, ffi::Result<ffi::AnyBuffer> dx,
+                                       std::string_view format, int32_t bits,
+                                       BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
+  const char* target = xla_call::kActivationGradQuantized;
+  Quantizer q;
+  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
+                                                   range, &q);
+      error.failure()) {
+    return error;
+  }
+  if (ffi::Error error = xla_call::CheckCodes(target, code, dy.element_count(), q.bits);
+      error.failure()) {
+    return error;
+  }
+  gpu::BackwardArgs args;
+  args.storage = gpu::DerivativeStorage::kQuantized;
+  args.quantizer = &q;  // host memory: the launch copies it into the kernel's arguments
+  return Backward(target, stream, args, dy, code.untyped_data(), dx->untyped_data());
+}
+
+}  // namespace
+
+// The bindings, in the order of each handler's parameters.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationCuda, FusedActivationCuda,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
+                                 .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationGradCuda, FusedActivationGradCuda,
+    ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationForwardCuda, ActivationForwardCuda,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
+                                 .Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationGradFromOutputCuda, ActivationGradFromOutputCuda,
+    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
+                                 .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kFusedActivationQuantizedCuda, FusedActivationQuantizedCuda,
+    xla_call::BindQuantizer(xla_call::BindActivation(
+        ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+            .Ret<ffi::AnyBuffer>())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kActivationGradQuantizedCuda, ActivationGradQuantizedCuda,
+    xla_call::BindQuantizer(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
+
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivation, "CUDA",
+                         kFusedActivationCuda);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationGrad, "CUDA",
+                         kFusedActivationGradCuda);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationForward, "CUDA",
+                         kActivationForwardCuda);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradFromOutput, "CUDA",
+                         kActivationGradFromOutputCuda);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationQuantized, "CUDA",
+                         kFusedActivationQuantizedCuda);
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradQuantized, "CUDA",
+                         kActivationGradQuantizedCuda);
+
+}  // namespace nestad
