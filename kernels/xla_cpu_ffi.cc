@@ -102,10 +102,7 @@ ffi::Error FusedActivationHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
                                std::string_view activation, BitsSpan params) {
   const char* target = xla_call::kFusedActivation;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, &a));
   return ForStorageType(target, x.element_type(), [&](auto s) {
     using S = decltype(s);
     RunFusedForward(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(x), Data<S>(*y),
@@ -117,7 +114,7 @@ ffi::Error FusedActivationHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
 ffi::Error FusedActivationGradHost(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer d,
                                    ffi::Result<ffi::AnyBuffer> dx) {
   const char* target = xla_call::kFusedActivationGrad;
-  if (ffi::Error error = xla_call::SameElements(target, dy, d); error.failure()) return error;
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::SameElements(target, dy, d));
   return ForStorageType(target, dy.element_type(), [&](auto s) {
     using S = decltype(s);
     RunFusedBackward(FfiParallelFor(pool), Data<const S>(dy), Data<const S>(d), Data<S>(*dx),
@@ -131,10 +128,7 @@ ffi::Error ActivationForwardHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
                                  BitsSpan params) {
   const char* target = xla_call::kActivationForward;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, &a));
   return ForStorageType(target, x.element_type(), [&](auto s) {
     using S = decltype(s);
     RunForwardOnly(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(x), Data<S>(*y),
@@ -148,15 +142,7 @@ ffi::Error ActivationGradFromOutputHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
                                         std::string_view activation, BitsSpan params) {
   const char* target = xla_call::kActivationGradFromOutput;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
-  if (const std::string error = DerivativeFromOutputError(a.kind, a.params.data());
-      !error.empty()) {
-    return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
-  }
-  if (ffi::Error error = xla_call::SameElements(target, dy, y); error.failure()) return error;
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeGradFromOutput(target, activation, params, dy, y, &a));
   return ForStorageType(target, dy.element_type(), [&](auto s) {
     using S = decltype(s);
     RunBackwardFromOutput(FfiParallelFor(pool), a.kind, a.params.data(), Data<const S>(dy),
@@ -175,19 +161,9 @@ ffi::Error FusedActivationQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer x,
   const char* target = xla_call::kFusedActivationQuantized;
   xla_call::Activation a;
   Quantizer q;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
-  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
-                                                   range, &q);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeQuantizedForward(
+      target, activation, params, format, bits, breakpoints, levels, range, x, *code, &a, &q));
   const int64_t n = static_cast<int64_t>(x.element_count());
-  if (ffi::Error error = xla_call::CheckCodes(target, *code, n, q.bits); error.failure()) {
-    return error;
-  }
   return ForStorageType(target, x.element_type(), [&](auto s) {
     using S = decltype(s);
     RunQuantizedForward(FfiParallelFor(pool), a.kind, a.params.data(), q, Data<const S>(x),
@@ -202,15 +178,9 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
                                        BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
   const char* target = xla_call::kActivationGradQuantized;
   Quantizer q;
-  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
-                                                   range, &q);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeQuantizedBackward(
+      target, format, bits, breakpoints, levels, range, dy, code, &q));
   const int64_t n = static_cast<int64_t>(dy.element_count());
-  if (ffi::Error error = xla_call::CheckCodes(target, code, n, q.bits); error.failure()) {
-    return error;
-  }
   return ForStorageType(target, dy.element_type(), [&](auto s) {
     using S = decltype(s);
     RunQuantizedBackward(FfiParallelFor(pool), q, Data<const S>(dy), Data<const uint8_t>(code),

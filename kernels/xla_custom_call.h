@@ -124,6 +124,46 @@ inline ::xla::ffi::Error CheckCodes(const char* target, const ::xla::ffi::AnyBuf
                                             std::to_string(PackedBytes(n, bits)) + " bytes");
 }
 
+// Returns the ffi::Error of `expr` from the enclosing function if it failed.
+#define NESTAD_FFI_RETURN_IF_ERROR(expr)                                          \
+  do {                                                                            \
+    if (::xla::ffi::Error nestad_ffi_error = (expr); nestad_ffi_error.failure()) { \
+      return nestad_ffi_error;                                                    \
+    }                                                                             \
+  } while (0)
+
+// The checks of each op's call, the same on every platform: its attributes
+// decoded and validated, and its buffers consistent with them.
+inline ::xla::ffi::Error DecodeGradFromOutput(const char* target, std::string_view name,
+                                              BitsSpan params, const ::xla::ffi::AnyBuffer& dy,
+                                              const ::xla::ffi::AnyBuffer& y, Activation* a) {
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeActivation(target, name, params, a));
+  if (const std::string error = DerivativeFromOutputError(a->kind, a->params.data());
+      !error.empty()) {
+    return ::xla::ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+  }
+  return SameElements(target, dy, y);
+}
+
+inline ::xla::ffi::Error DecodeQuantizedForward(
+    const char* target, std::string_view name, BitsSpan params, std::string_view format,
+    int32_t bits, BitsSpan breakpoints, BitsSpan levels, BitsSpan range,
+    const ::xla::ffi::AnyBuffer& x, const ::xla::ffi::AnyBuffer& code, Activation* a,
+    Quantizer* q) {
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeActivation(target, name, params, a));
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeQuantizer(target, format, bits, breakpoints, levels, range, q));
+  return CheckCodes(target, code, static_cast<int64_t>(x.element_count()), q->bits);
+}
+
+inline ::xla::ffi::Error DecodeQuantizedBackward(const char* target, std::string_view format,
+                                                 int32_t bits, BitsSpan breakpoints,
+                                                 BitsSpan levels, BitsSpan range,
+                                                 const ::xla::ffi::AnyBuffer& dy,
+                                                 const ::xla::ffi::AnyBuffer& code, Quantizer* q) {
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeQuantizer(target, format, bits, breakpoints, levels, range, q));
+  return CheckCodes(target, code, static_cast<int64_t>(dy.element_count()), q->bits);
+}
+
 // The FFI attributes of the ops that take an activation, and of those that
 // take a quantizer, appended to a handler's binding (after its buffers).
 template <typename Binding>

@@ -323,16 +323,17 @@ _MEMORY_MODELS = {
                                               ("mish", "conv_bn")])
 def test_xla_keeps_less_than_keras_activation(activation, model, tmp_path):
     """A jit-compiled training step: XLA's own buffer assignment (exact, deterministic)
-    and the allocator peak, Keras' activation vs nestad's converted model, in one process."""
+    and the allocator peak, Keras' activation vs nestad's converted model (kernels, and
+    the pure-TF path), in one process."""
     out = _run_python(f"""
         import json, keras, tensorflow as tf, nestad_tf
 
-        def peak(convert, tag):
+        def peak(backend, tag):
             keras.utils.set_random_seed(0)
             ACTIVATION = "{activation}"
             model = {_MEMORY_MODELS[model]}
-            if convert:
-                model = nestad_tf.convert(model, include=[ACTIVATION])
+            if backend:
+                model = nestad_tf.convert(model, include=[ACTIVATION], backend=backend)
             opt = keras.optimizers.SGD(0.01)
             x = tf.random.normal([256] + list(model.input_shape[1:]), seed=1)
 
@@ -350,12 +351,13 @@ def test_xla_keeps_less_than_keras_activation(activation, model, tmp_path):
             step(x)
             return tf.config.experimental.get_memory_info("CPU:0")["peak"] - base
 
-        print(json.dumps({{"keras": peak(False, "keras_step"),
-                          "nestad": peak(True, "nestad_step")}}))
+        print(json.dumps({{"keras": peak(None, "keras_step"),
+                          "nestad": peak("auto", "nestad_step"),
+                          "pure_tf": peak("tf", "pure_tf_step")}}))
     """, env={"XLA_FLAGS": f"--xla_dump_to={tmp_path}"})
     peaks = json.loads(out.strip().splitlines()[-1])
     temp = {}
-    for tag in ("keras", "nestad"):
+    for tag in ("keras", "nestad", "pure_tf"):
         files = [f for f in os.listdir(tmp_path)
                  if f"{tag}_step" in f and f.endswith("buffer-assignment.txt")]
         assert len(files) == 1, files
@@ -364,6 +366,8 @@ def test_xla_keeps_less_than_keras_activation(activation, model, tmp_path):
                                       f.read()).group(1))
     assert temp["nestad"] < temp["keras"], temp
     assert peaks["nestad"] <= peaks["keras"], peaks
+    # The pure-TF path (TPU, no kernels) under XLA is the reference itself: never more.
+    assert temp["pure_tf"] <= temp["keras"], temp
 
 
 def _conv_bn_model(activation="mish", sequential=False):

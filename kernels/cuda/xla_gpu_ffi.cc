@@ -81,10 +81,7 @@ ffi::Error FusedActivationCuda(CUstream_st* stream, ffi::AnyBuffer x,
                                std::string_view activation, BitsSpan params) {
   const char* target = xla_call::kFusedActivation;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, &a));
   return Forward(target, stream, a, gpu::DerivativeStorage::kExact, x, y->untyped_data(),
                  d->untyped_data(), nullptr);
 }
@@ -92,7 +89,7 @@ ffi::Error FusedActivationCuda(CUstream_st* stream, ffi::AnyBuffer x,
 ffi::Error FusedActivationGradCuda(CUstream_st* stream, ffi::AnyBuffer dy, ffi::AnyBuffer d,
                                    ffi::Result<ffi::AnyBuffer> dx) {
   const char* target = xla_call::kFusedActivationGrad;
-  if (ffi::Error error = xla_call::SameElements(target, dy, d); error.failure()) return error;
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::SameElements(target, dy, d));
   gpu::BackwardArgs args;
   args.storage = gpu::DerivativeStorage::kExact;
   return Backward(target, stream, args, dy, d.untyped_data(), dx->untyped_data());
@@ -103,10 +100,7 @@ ffi::Error ActivationForwardCuda(CUstream_st* stream, ffi::AnyBuffer x,
                                  BitsSpan params) {
   const char* target = xla_call::kActivationForward;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, &a));
   return Forward(target, stream, a, gpu::DerivativeStorage::kFromOutput, x, y->untyped_data(),
                  nullptr, nullptr);
 }
@@ -116,15 +110,7 @@ ffi::Error ActivationGradFromOutputCuda(CUstream_st* stream, ffi::AnyBuffer dy, 
                                         std::string_view activation, BitsSpan params) {
   const char* target = xla_call::kActivationGradFromOutput;
   xla_call::Activation a;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
-  if (const std::string error = DerivativeFromOutputError(a.kind, a.params.data());
-      !error.empty()) {
-    return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
-  }
-  if (ffi::Error error = xla_call::SameElements(target, dy, y); error.failure()) return error;
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeGradFromOutput(target, activation, params, dy, y, &a));
   gpu::BackwardArgs args;
   args.storage = gpu::DerivativeStorage::kFromOutput;
   args.kind = a.kind;
@@ -141,19 +127,8 @@ ffi::Error FusedActivationQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer x,
   const char* target = xla_call::kFusedActivationQuantized;
   xla_call::Activation a;
   Quantizer q;
-  if (ffi::Error error = xla_call::DecodeActivation(target, activation, params, &a);
-      error.failure()) {
-    return error;
-  }
-  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
-                                                   range, &q);
-      error.failure()) {
-    return error;
-  }
-  if (ffi::Error error = xla_call::CheckCodes(target, *code, x.element_count(), q.bits);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeQuantizedForward(
+      target, activation, params, format, bits, breakpoints, levels, range, x, *code, &a, &q));
   return Forward(target, stream, a, gpu::DerivativeStorage::kQuantized, x, y->untyped_data(),
                  code->untyped_data(), &q);
 }
@@ -164,15 +139,8 @@ ffi::Error ActivationGradQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer dy,
                                        BitsSpan breakpoints, BitsSpan levels, BitsSpan range) {
   const char* target = xla_call::kActivationGradQuantized;
   Quantizer q;
-  if (ffi::Error error = xla_call::DecodeQuantizer(target, format, bits, breakpoints, levels,
-                                                   range, &q);
-      error.failure()) {
-    return error;
-  }
-  if (ffi::Error error = xla_call::CheckCodes(target, code, dy.element_count(), q.bits);
-      error.failure()) {
-    return error;
-  }
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeQuantizedBackward(
+      target, format, bits, breakpoints, levels, range, dy, code, &q));
   gpu::BackwardArgs args;
   args.storage = gpu::DerivativeStorage::kQuantized;
   args.quantizer = &q;  // host memory: the launch copies it into the kernel's arguments
