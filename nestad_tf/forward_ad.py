@@ -743,7 +743,7 @@ def _check_trainable(spec: registry.ActivationSpec, params: Dict[str, Any], para
 
     probe = tf.function(gradient, autograph=False)
     try:
-        traced = probe.get_concrete_function(tf.TensorSpec([None], tf.float32),
+        traced = probe.get_concrete_function(tf.TensorSpec([5], tf.float32),
                                              tf.TensorSpec([], tf.float32))
     except TypeError as error:  # includes OperatorNotAllowedInGraphError
         raise ValueError(
