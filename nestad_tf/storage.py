@@ -28,9 +28,10 @@ Modes:
       normal input (the FewBit idea); tables from tools/fewbit_tables.py.
 
 Lossy modes apply to the activations whose exact form keeps f'; for the others
-the exact form is already cheaper and is used. Only the fused kernels compress:
-the pure-TF path (backend="tf", XLA, forward_ad activations, tensor parameters)
-keeps f' in the compute dtype. Values of
+the exact form is already cheaper and is used. Only the fused kernels compress
+(graph mode, and XLA through their custom calls, with the same codes): the
+pure-TF path (backend="tf", forward_ad activations, tensor parameters) keeps f'
+in the compute dtype. Values of
 y never change; only the gradient is approximated.
 """
 
