@@ -178,6 +178,11 @@ def _compute_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
+def _in_compute_dtype(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """fn(x) computed in float32 (half types) or float64, cast back to x's dtype."""
+    return tf.cast(fn(tf.cast(x, _compute_dtype(x.dtype))), x.dtype)
+
+
 _SAME_SIZE_INT = {2: tf.int16, 4: tf.int32, 8: tf.int64}
 
 
@@ -424,8 +429,7 @@ def apply_spec(x, spec: registry.ActivationSpec, params: Dict[str, Any],
         # Under XLA the pure-TF path is the reference itself: XLA fuses it with its
         # gradient and keeps what Keras' activation keeps. Forward-mode AD would make
         # XLA keep f'(x) on top (a Conv-BN-mish stack: 377 vs 310 MB of XLA temp).
-        compute = _compute_dtype(x.dtype)
-        return tf.cast(reference(tf.cast(x, compute)), x.dtype)
+        return _in_compute_dtype(reference, x)
     return with_saved_derivative(x, lambda t: forward_ad(reference, t), _tf_backward, second)
 
 
@@ -471,7 +475,7 @@ def _apply_kernel_recomputed(x, spec, params):
     fusion, so this form keeps no tensor for the activation, where any stored
     form keeps one (f') or a fraction of one (codes), and a custom call in the
     backward pass would make XLA keep x for its operand. Measured on
-    EfficientNet-B0 with mish under XLA (BENCHMARKS.md): 911 MiB against 1148
+    EfficientNet-B0 with mish under XLA (BENCHMARKS.md): 914 MiB against 1148
     (f' kept), 1052 (4-bit codes) and 915 (tf.recompute_grad). Exact for every
     derivative= (f' is recomputed in the compute dtype), second-order
     gradients included.
@@ -520,9 +524,8 @@ def keras_apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
     """
     explicit_kernel = backend == "kernel" or (backend is None and _backend_stack()[-1:] == ["kernel"])
     if spec.apply is None and not explicit_kernel and inference_graph():
-        x = _as_float_tensor(x, spec.name)
-        compute = _compute_dtype(x.dtype)
-        return tf.cast(spec.reference(tf.cast(x, compute), **params), x.dtype)
+        return _in_compute_dtype(lambda t: spec.reference(t, **params),
+                                 _as_float_tensor(x, spec.name))
     return apply_spec(x, spec, params, backend, derivative, after_normalization)
 
 
