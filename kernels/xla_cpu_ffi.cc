@@ -191,44 +191,7 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
 
 }  // namespace
 
-// The bindings, in the order of each handler's parameters.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationHost, FusedActivationHost,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
-                                 .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationGradHost, FusedActivationGradHost,
-    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationForwardHost, ActivationForwardHost,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
-                                 .Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationGradFromOutputHost, ActivationGradFromOutputHost,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
-                                 .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationQuantizedHost, FusedActivationQuantizedHost,
-    xla_call::BindQuantizer(xla_call::BindActivation(
-        ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-            .Ret<ffi::AnyBuffer>())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationGradQuantizedHost, ActivationGradQuantizedHost,
-    xla_call::BindQuantizer(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::AnyBuffer>()
-                                .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivation, "Host",
-                         kFusedActivationHost);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationGrad, "Host",
-                         kFusedActivationGradHost);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationForward, "Host",
-                         kActivationForwardHost);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradFromOutput, "Host",
-                         kActivationGradFromOutputHost);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationQuantized, "Host",
-                         kFusedActivationQuantizedHost);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradQuantized, "Host",
-                         kActivationGradQuantizedHost);
+// The bindings (in the order of each handler's parameters) and registrations.
+NESTAD_XLA_FFI_HANDLERS(Host, ::xla::ffi::ThreadPool, "Host");
 
 }  // namespace nestad

@@ -185,4 +185,44 @@ auto BindQuantizer(Binding binding) {
 }  // namespace xla_call
 }  // namespace nestad
 
+// Defines the FFI handler symbol k<Op><Suffix> of each op from the function
+// <Op><Suffix> (its platform context `Context` first, then the buffers and
+// attributes the op's binding lists) and registers it for `platform`.
+#define NESTAD_XLA_FFI_HANDLER(Op, Suffix, platform, binding)                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(k##Op##Suffix, Op##Suffix, binding);                \
+  XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), ::nestad::xla_call::k##Op,   \
+                           platform, k##Op##Suffix)
+#define NESTAD_XLA_FFI_BUFFERS(Context) \
+  ::xla::ffi::Ffi::Bind().Ctx<Context>().Arg<::xla::ffi::AnyBuffer>()
+#define NESTAD_XLA_FFI_HANDLERS(Suffix, Context, platform)                                \
+  NESTAD_XLA_FFI_HANDLER(                                                                 \
+      FusedActivation, Suffix, platform,                                                  \
+      ::nestad::xla_call::BindActivation(NESTAD_XLA_FFI_BUFFERS(Context)                  \
+                                             .Ret<::xla::ffi::AnyBuffer>()                \
+                                             .Ret<::xla::ffi::AnyBuffer>()));             \
+  NESTAD_XLA_FFI_HANDLER(FusedActivationGrad, Suffix, platform,                           \
+                         NESTAD_XLA_FFI_BUFFERS(Context)                                  \
+                             .Arg<::xla::ffi::AnyBuffer>()                                \
+                             .Ret<::xla::ffi::AnyBuffer>());                              \
+  NESTAD_XLA_FFI_HANDLER(                                                                 \
+      ActivationForward, Suffix, platform,                                                \
+      ::nestad::xla_call::BindActivation(NESTAD_XLA_FFI_BUFFERS(Context)                  \
+                                             .Ret<::xla::ffi::AnyBuffer>()));             \
+  NESTAD_XLA_FFI_HANDLER(                                                                 \
+      ActivationGradFromOutput, Suffix, platform,                                         \
+      ::nestad::xla_call::BindActivation(NESTAD_XLA_FFI_BUFFERS(Context)                  \
+                                             .Arg<::xla::ffi::AnyBuffer>()                \
+                                             .Ret<::xla::ffi::AnyBuffer>()));             \
+  NESTAD_XLA_FFI_HANDLER(                                                                 \
+      FusedActivationQuantized, Suffix, platform,                                         \
+      ::nestad::xla_call::BindQuantizer(::nestad::xla_call::BindActivation(               \
+          NESTAD_XLA_FFI_BUFFERS(Context)                                                 \
+              .Ret<::xla::ffi::AnyBuffer>()                                               \
+              .Ret<::xla::ffi::AnyBuffer>())));                                           \
+  NESTAD_XLA_FFI_HANDLER(                                                                 \
+      ActivationGradQuantized, Suffix, platform,                                          \
+      ::nestad::xla_call::BindQuantizer(NESTAD_XLA_FFI_BUFFERS(Context)                   \
+                                            .Arg<::xla::ffi::AnyBuffer>()                 \
+                                            .Ret<::xla::ffi::AnyBuffer>()))
+
 #endif  // NESTAD_KERNELS_XLA_CUSTOM_CALL_H_

@@ -17,7 +17,6 @@ namespace nestad {
 namespace {
 
 namespace ffi = ::xla::ffi;
-using Stream = ffi::PlatformStream<CUstream_st*>;
 using xla_call::BitsSpan;
 
 // The element type of a buffer, or false for a type the kernels do not take.
@@ -149,44 +148,7 @@ ffi::Error ActivationGradQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer dy,
 
 }  // namespace
 
-// The bindings, in the order of each handler's parameters.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationCuda, FusedActivationCuda,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
-                                 .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationGradCuda, FusedActivationGradCuda,
-    ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationForwardCuda, ActivationForwardCuda,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
-                                 .Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationGradFromOutputCuda, ActivationGradFromOutputCuda,
-    xla_call::BindActivation(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
-                                 .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kFusedActivationQuantizedCuda, FusedActivationQuantizedCuda,
-    xla_call::BindQuantizer(xla_call::BindActivation(
-        ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-            .Ret<ffi::AnyBuffer>())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    kActivationGradQuantizedCuda, ActivationGradQuantizedCuda,
-    xla_call::BindQuantizer(ffi::Ffi::Bind().Ctx<Stream>().Arg<ffi::AnyBuffer>()
-                                .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
-
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivation, "CUDA",
-                         kFusedActivationCuda);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationGrad, "CUDA",
-                         kFusedActivationGradCuda);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationForward, "CUDA",
-                         kActivationForwardCuda);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradFromOutput, "CUDA",
-                         kActivationGradFromOutputCuda);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kFusedActivationQuantized, "CUDA",
-                         kFusedActivationQuantizedCuda);
-XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), xla_call::kActivationGradQuantized, "CUDA",
-                         kActivationGradQuantizedCuda);
+// The bindings (in the order of each handler's parameters) and registrations.
+NESTAD_XLA_FFI_HANDLERS(Cuda, ::xla::ffi::PlatformStream<CUstream_st*>, "CUDA");
 
 }  // namespace nestad
