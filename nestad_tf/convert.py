@@ -739,6 +739,11 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     the next layer keeps anyway) and silu, leaky_relu, softplus (Keras keeps only
     x, the same size as f'(x)) no. `memory_report(model)` says why for each.
 
+    Activation layers whose only input is a BatchNormalization, LayerNormalization
+    or GroupNormalization output become `nestad_tf.layers.Activation(...,
+    after_normalization=True)`: under XLA their backward pass keeps nothing (f' is
+    recomputed in ops XLA fuses with the normalization; README, "Under XLA").
+
     Subclassed models are re-created with `from_config(get_config())`: the
     activations their layers hold are converted; activations called inside
     their `call()` are not visible and stay Keras' (the printed report says so).
