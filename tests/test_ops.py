@@ -84,16 +84,23 @@ def test_backend_names_and_scopes():
     assert ops.resolve_backend(None) == "kernel"
 
 
+def _jit_mish_and_gradient(backend):
+    """A jit-compiled function returning mish(x) and its gradient with `backend`."""
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = nestad_tf.mish(x, backend=backend)
+        return y, tape.gradient(y, x)
+
+    return step
+
+
 def test_under_xla_both_backends_run_the_kernel_as_a_custom_call():
     x = tf.linspace(-3.0, 3.0, 7)
     for backend in ("auto", "kernel"):
-        @tf.function(jit_compile=True)
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = nestad_tf.mish(x, backend=backend)
-            return y, tape.gradient(y, x)
-
+        step = _jit_mish_and_gradient(backend)
         np.testing.assert_array_equal(step(x)[0], nestad_tf.mish(x, backend="kernel"))
         hlo = step.experimental_get_compiler_ir(x)(stage="optimized_hlo")
         assert 'custom_call_target="nestad_fused_activation"' in hlo, backend
@@ -108,21 +115,11 @@ def test_without_the_xla_lowering_kernel_is_a_clear_error_and_auto_falls_back(mo
     monkeypatch.setattr(_loader, "load", lambda: without)
     monkeypatch.setattr(ops, "_xla_warned", False)
     x = tf.linspace(-3.0, 3.0, 7)
-
-    def step(backend):
-        @tf.function(jit_compile=True)
-        def run(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = nestad_tf.mish(x, backend=backend)
-            return y, tape.gradient(y, x)
-        return run
-
     with pytest.warns(RuntimeWarning, match="under XLA the pure-TF path runs"):
-        y, _ = step("auto")(x)
+        y, _ = _jit_mish_and_gradient("auto")(x)
     np.testing.assert_allclose(y, nestad_tf.mish(x), **tolerance(tf.float32))
     with pytest.raises(ValueError, match="cannot run under XLA.*built without XLA"):
-        step("kernel")(x)
+        _jit_mish_and_gradient("kernel")(x)
 
 
 @tf.function
