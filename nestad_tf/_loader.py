@@ -42,6 +42,8 @@ OP_NAMES = (
     "ActivationGradFromOutput",
     "FusedActivationQuantized",
     "ActivationGradQuantized",
+    "BatchNormActivation",
+    "BatchNormActivationGrad",
 )
 _REBUILD_HINT = (
     "Rebuild the kernels for this TensorFlow with `pip install --no-build-isolation "

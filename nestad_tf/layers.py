@@ -4,7 +4,7 @@ from typing import Optional
 
 import keras
 
-from . import ops, registry, storage
+from . import normalization, ops, registry, storage
 
 
 # Keyword arguments keras.layers.Layer itself accepts; everything else is an
@@ -71,4 +71,79 @@ class Activation(keras.layers.Layer):
                        "derivative": self.derivative, **self.params})
         if self.after_normalization:
             config["after_normalization"] = True
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nestad_tf")
+class BatchNormActivation(keras.layers.BatchNormalization):
+    """BatchNormalization followed by an activation, fused: training keeps only the input.
+
+    y = f(gamma * (z - mean) / sqrt(variance + epsilon) + beta). The weights
+    (gamma, beta, moving_mean, moving_variance), their config names, the moving
+    statistics' updates (`momentum`), `training=False` and the frozen-layer rule
+    (`trainable=False` normalizes with the moving statistics) are those of
+    `keras.layers.BatchNormalization`, whose subclass this is. The backward pass
+    recomputes the normalization and f'(x) from z, so a training step keeps z and
+    per-channel statistics only: what BatchNormalization alone keeps (see
+    `nestad_tf.normalization`). `nestad_tf.convert` fuses BatchNormalization
+    layers followed by an activation into this layer.
+
+    With a mask, renorm=True or synchronized=True it runs as BatchNormalization
+    followed by the nestad activation (not fused).
+
+    Args:
+      activation: a name from `nestad_tf.available_activations()` (or alias).
+      activation_params: the activation's parameters (Keras names), e.g.
+        `{"negative_slope": 0.1}` for "leaky_relu".
+      backend: "auto", "kernel" or "tf"; None (default): the innermost
+        `nestad_tf.backend_scope` at call time, else "auto".
+      **kwargs: the arguments of `keras.layers.BatchNormalization` (axis, momentum,
+        epsilon, center, scale, initializers, ...) and of Keras layers.
+
+    Example:
+      x = keras.layers.Conv2D(32, 3, use_bias=False)(x)
+      x = nestad_tf.layers.BatchNormActivation("mish")(x)
+    """
+
+    def __init__(self, activation: str = "linear", activation_params: Optional[dict] = None,
+                 backend: Optional[str] = None, **kwargs):
+        spec = registry.get(activation)
+        super().__init__(**kwargs)
+        if backend is not None:
+            ops._check_backend_name(backend)  # pylint: disable=protected-access
+        self.activation = spec.name
+        self.activation_params = spec.bind(dict(activation_params or {}))
+        self.backend = backend
+        self._spec = spec
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None or self.renorm or self.synchronized:
+            normalized = super().call(inputs, training=training, mask=mask)
+            return ops.keras_apply(normalized, self._spec, self.activation_params, self.backend)
+        use_batch_statistics = bool(training) and self.trainable
+        y, mean, variance = normalization.batch_norm_activation(
+            inputs, self.gamma if self.scale else None, self.beta if self.center else None,
+            self.moving_mean, self.moving_variance, self.activation, epsilon=self.epsilon,
+            axis=self.axis, training=use_batch_statistics, backend=self.backend,
+            **self.activation_params)
+        if use_batch_statistics:
+            # As BatchNormalization: moving = moving * momentum + batch * (1 - momentum).
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                current = keras.ops.cast(moving, batch.dtype)
+                moving.assign(keras.ops.cast(
+                    current * self.momentum + batch * (1.0 - self.momentum), moving.dtype))
+        return keras.ops.cast(y, self.compute_dtype)
+
+    @classmethod
+    def from_config(cls, config):
+        registry.check_saved_params(registry.get(config.get("activation", "linear")),
+                                    dict(config.get("activation_params") or {}),
+                                    "nestad_tf.layers.BatchNormActivation")
+        return super().from_config(config)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"activation": self.activation,
+                       "activation_params": dict(self.activation_params),
+                       "backend": self.backend})
         return config
