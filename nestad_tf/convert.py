@@ -228,6 +228,9 @@ def _identify_function(function) -> Optional[_Found]:
 
 def _identify(layer) -> Optional[_Found]:
     """The activation a layer is or holds, if any."""
+    if isinstance(layer, _layers.BatchNormActivation):
+        return _Found("layer", "nestad", layer._spec, dict(layer.activation_params),  # pylint: disable=protected-access
+                      _label(layer.activation, layer.activation_params, layer._spec))  # pylint: disable=protected-access
     if isinstance(layer, _layers.Activation):
         return _Found("layer", "nestad", layer._spec, dict(layer.params),  # pylint: disable=protected-access
                       _label(layer.activation, layer.params, layer._spec))  # pylint: disable=protected-access
@@ -432,14 +435,18 @@ def _saves_memory(keras_saved: SavedTensors, nestad_saved: SavedTensors) -> bool
 
 
 def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str],
-           reason: Optional[str], backend: str, derivative: str = "exact") -> ActivationReport:
+           reason: Optional[str], backend: str, derivative: str = "exact",
+           fused: bool = False) -> ActivationReport:
+    """fused: the activation runs inside a BatchNormActivation (it keeps nothing of its own)."""
     dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
     elements = _elements_per_sample(layer)
     keras_saved = nestad_saved = None
+    fused = fused or isinstance(layer, _layers.BatchNormActivation)
     if found.spec is not None and found.reason is None:
         keras_saved = saved_for_backward(found.spec.name, found.params, dtype, "keras")
-        nestad_saved = saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend,
-                                          derivative)
+        nestad_saved = (SavedTensors((), 0) if fused else
+                        saved_for_backward(found.spec.name, found.params, dtype, "nestad",
+                                           backend, derivative))
 
     def per_sample(saved):
         if saved is None or elements is None:
@@ -460,7 +467,7 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
         keras_bytes_per_sample=per_sample(keras_saved),
         nestad_bytes_per_sample=per_sample(nestad_saved),
         reason=reason,
-        xla_form=_xla_form(layer, found) if replaced else None,
+        xla_form=_xla_form(layer, found) if replaced and not fused else None,
     )
 
 
@@ -497,29 +504,92 @@ def _inbound_layer_names(layer_config) -> List[str]:
     return names
 
 
-def _after_normalization(model) -> set:
-    """ids of the layers, in `model` and the graph models nested in it, whose only input
-    is the output of a normalization layer (BatchNormalization, LayerNormalization,
-    GroupNormalization)."""
-    found = set()
+def _single_input_edges(model) -> List[Tuple[keras.layers.Layer, keras.layers.Layer, bool]]:
+    """(before, layer, only_consumer) in `model` and the graph models nested in it: `layer`
+    is called once, on the output of `before` alone; only_consumer: nothing else (no other
+    layer, no second call, no model output) reads `before`'s output."""
+    edges = []
     containers = [model] + [layer for _, layer, _ in _walk(model)]
     for container in containers:
         if isinstance(container, keras.Sequential):
             for before, layer in zip(container.layers, container.layers[1:]):
-                if isinstance(before, _NORMALIZATIONS):
-                    found.add(id(layer))
+                edges.append((before, layer, True))
         elif _is_functional(container):
+            config = container.get_config()
             by_name = {layer.name: layer for layer in container.layers}
-            for config in container.get_config().get("layers", []):
-                inbound = set(_inbound_layer_names(config))
-                layer = by_name.get(config.get("name"))
-                if (layer is not None and len(inbound) == 1
-                        and isinstance(by_name.get(next(iter(inbound))), _NORMALIZATIONS)):
-                    found.add(id(layer))
-    return found
+            inbound = {c.get("name"): _inbound_layer_names(c) for c in config.get("layers", [])}
+            calls = {c.get("name"): len(c.get("inbound_nodes", [])) for c in config.get("layers", [])}
+            reads = {}
+            for names in inbound.values():
+                for name in names:
+                    reads[name] = reads.get(name, 0) + 1
+            outputs = set(_output_layer_names(config.get("output_layers", [])))
+            for name, names in inbound.items():
+                layer = by_name.get(name)
+                if layer is None or calls.get(name) != 1 or len(names) != 1:
+                    continue
+                before = by_name.get(names[0])
+                if before is None:
+                    continue
+                only = (reads.get(names[0]) == 1 and calls.get(names[0]) == 1
+                        and names[0] not in outputs)
+                edges.append((before, layer, only))
+    return edges
+
+
+def _output_layer_names(output_layers) -> List[str]:
+    """Layer names in a Functional config's output_layers ([name, node, tensor] entries)."""
+    if isinstance(output_layers, (list, tuple)):
+        if len(output_layers) == 3 and isinstance(output_layers[0], str):
+            return [output_layers[0]]
+        return [name for item in output_layers for name in _output_layer_names(item)]
+    if isinstance(output_layers, dict):
+        return [name for item in output_layers.values() for name in _output_layer_names(item)]
+    return []
+
+
+def _after_normalization(model) -> set:
+    """ids of the layers, in `model` and the graph models nested in it, whose only input
+    is the output of a normalization layer (BatchNormalization, LayerNormalization,
+    GroupNormalization)."""
+    return {id(layer) for before, layer, _ in _single_input_edges(model)
+            if isinstance(before, _NORMALIZATIONS)}
+
+
+def _fusable_normalization(layer) -> bool:
+    """A plain BatchNormalization that BatchNormActivation reproduces exactly."""
+    return (type(layer) is keras.layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
+            and not layer.renorm and not layer.synchronized)
+
+
+def _fusion_candidates(model) -> Dict[int, keras.layers.Layer]:
+    """id(activation layer) -> the BatchNormalization layer it can be fused with: the
+    activation's only input is the BN's output, and nothing else reads that output."""
+    candidates = {}
+    for before, layer, only_consumer in _single_input_edges(model):
+        if not (only_consumer and _fusable_normalization(before)):
+            continue
+        found = _identify(layer)
+        if (found is not None and found.kind == "layer" and found.spec is not None
+                and found.reason is None and found.spec.kernel is not None
+                and found.implementation in ("keras", "nestad")):
+            candidates[id(layer)] = before
+    return candidates
+
+
+def _worth_fusing(found: _Found, layer, dtype: str, backend: str) -> bool:
+    """Fusing saves memory where the activation's backward pass keeps more than its output."""
+    if found.implementation == "nestad":
+        saved = saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend,
+                                   _derivative_of(layer, found))
+    else:
+        saved = saved_for_backward(found.spec.name, found.params, dtype, "keras")
+    return saved.bytes_per_element > 0
 
 
 def _describe_nestad(layer, found: _Found) -> str:
+    if isinstance(layer, _layers.BatchNormActivation):
+        return f"nestad_tf.layers.BatchNormActivation({found.label!r})"
     if found.kind == "layer" and isinstance(layer, _layers.Activation):
         backend = "" if layer.backend is None else f", backend={layer.backend!r}"
         after = ", after_normalization=True" if layer.after_normalization else ""
@@ -571,9 +641,18 @@ def memory_report(model, *, backend: str = "auto", derivative: str = "exact") ->
     """
     entries = []
     notes = []
+    candidates = _fusion_candidates(model)
     for path, layer, _ in _walk(model):
         found = _identify(layer)
         if found is None:
+            continue
+        normalization = candidates.get(id(layer))
+        if (normalization is not None and found.implementation == "keras"
+                and _decide_fusion(path, layer, found, None, frozenset(), None, (), backend)):
+            entry = _entry(path, layer, found, False, None, None, backend)
+            entries.append(dataclasses.replace(entry, reason=(
+                f"not converted: convert() fuses it with {normalization.name} into a "
+                "nestad_tf.layers.BatchNormActivation, which keeps nothing for the activation")))
             continue
         if found.implementation == "nestad":
             entries.append(_entry(path, layer, found, True, _describe_nestad(layer, found), None,
@@ -654,6 +733,24 @@ def _decide(path, layer, found: _Found, include, exclude, layer_patterns, exclud
                      f" (pass include=[{name!r}] to replace it anyway)")
 
 
+def _decide_fusion(path, layer, found: _Found, include, exclude, layer_patterns, exclude_layers,
+                   backend) -> bool:
+    """Whether convert() fuses this activation layer with the BatchNormalization before it."""
+    name = found.spec.name
+    if name in exclude or _matches(path, layer.name, exclude_layers):
+        return False
+    if layer_patterns is not None and not _matches(path, layer.name, layer_patterns):
+        return False
+    if include is not None and found.implementation == "keras":
+        return name in include
+    dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
+    return _worth_fusing(found, layer, dtype, backend)
+
+
+def _path_of(model, target) -> str:
+    return next(path for path, layer, _ in _walk(model) if layer is target)
+
+
 def _nestad_function(found: _Found, backend: str,
                      derivative: str = "exact") -> _activations.ActivationFunction:
     return _activations.ActivationFunction(
@@ -711,7 +808,8 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
         )
     mapping = {}
     for (path, old, _), new in zip(old_layers, new_layers):
-        swapped = isinstance(new, (_layers.Activation, keras.layers.Activation))
+        swapped = isinstance(new, (_layers.Activation, keras.layers.Activation,
+                                   _layers.BatchNormActivation, keras.layers.Identity))
         if type(old) is not type(new) and not swapped:  # pylint: disable=unidiomatic-typecheck
             raise RuntimeError(f"convert(): layer {path} ({type(old).__name__}) became a "
                                f"{type(new).__name__} in the re-created model")
@@ -722,8 +820,8 @@ def _counterparts(model, new_model) -> Dict[str, keras.layers.Layer]:
 def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[str] = (), *,
             layers: Optional[Iterable[str]] = None, exclude_layers: Iterable[str] = (),
             backend: str = "auto", derivative: str = "exact", verbose: bool = False,
-            replace_with: Optional[Callable[[str, Dict[str, Any]], Callable]] = None
-            ) -> keras.Model:
+            replace_with: Optional[Callable[[str, Dict[str, Any]], Callable]] = None,
+            fuse_normalization: bool = True) -> keras.Model:
     """Returns a copy of `model` whose element-wise activations keep only f'(x) for backprop.
 
     Replaces `keras.layers.Activation`, `ReLU`, `LeakyReLU` and `ELU` layers by
@@ -739,7 +837,16 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     the next layer keeps anyway) and silu, leaky_relu, softplus (Keras keeps only
     x, the same size as f'(x)) no. `memory_report(model)` says why for each.
 
-    Activation layers whose only input is a BatchNormalization, LayerNormalization
+    A BatchNormalization whose output goes only to an activation layer (Activation,
+    ReLU, LeakyReLU, ELU) is fused with it into one `nestad_tf.layers.BatchNormActivation`
+    (same name and weights as the BatchNormalization; the activation layer becomes a
+    `keras.layers.Identity` of the same name): the backward pass recomputes the
+    normalization and f'(x) from the BN's input, so the block keeps what BatchNormalization
+    alone keeps. This happens where Keras' activation keeps more than its output (silu,
+    mish, gelu, ...; not relu, sigmoid, tanh, elu, where Keras is already there), for the
+    activations `include`/`exclude`/`layers`/`exclude_layers` select.
+
+    Other activation layers whose only input is a BatchNormalization, LayerNormalization
     or GroupNormalization output become `nestad_tf.layers.Activation(...,
     after_normalization=True)`: under XLA their backward pass keeps nothing (f' is
     recomputed in ops XLA fuses with the normalization; README, "Under XLA").
@@ -764,7 +871,9 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
       replace_with: `replace_with(name, params) -> callable`, what the chosen activations
         become instead of nestad's (activation layers become `keras.layers.Activation` of
         it); the benchmark builds its recomputed and identity baselines with it. Default
-        None: nestad activations.
+        None: nestad activations (and no fusion).
+      fuse_normalization: fuse BatchNormalization + activation (above); False keeps them
+        as two layers.
 
     Returns:
       The new Keras model.
@@ -784,9 +893,19 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
 
     decisions: Dict[int, Tuple[str, keras.layers.Layer, _Decision]] = {}
     entries_in_order = []
+    candidates = _fusion_candidates(model) if fuse_normalization and replace_with is None else {}
+    fused: Dict[int, keras.layers.Layer] = {}  # id(activation layer) -> its BatchNormalization
+    fused_into: Dict[int, Tuple[keras.layers.Layer, _Found]] = {}  # id(BN) -> (activation, found)
     for path, layer, parent in _walk(model):
         found = _identify(layer)
         if found is None:
+            continue
+        normalization = candidates.get(id(layer))
+        if normalization is not None and _decide_fusion(path, layer, found, include, exclude,
+                                                        layer_patterns, exclude_layers, backend):
+            fused[id(layer)] = normalization
+            fused_into[id(normalization)] = (layer, found)
+            entries_in_order.append((path, layer, _Decision(found, True, None)))
             continue
         if found.implementation != "keras":
             entries_in_order.append((path, layer, _Decision(found, False, None)))
@@ -806,6 +925,15 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     after_normalization = _after_normalization(model)
 
     def clone_layer(layer):
+        if id(layer) in fused_into:
+            activation_layer, found = fused_into[id(layer)]
+            own_backend = getattr(activation_layer, "backend", None) if (
+                found.implementation == "nestad") else (None if backend == "auto" else backend)
+            return _layers.BatchNormActivation(activation=found.spec.name,
+                                               activation_params=dict(found.params),
+                                               backend=own_backend, **layer.get_config())
+        if id(layer) in fused:
+            return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy.name)
         record = decisions.get(id(layer))
         if record is not None and record[2].replace and record[2].found.kind == "layer":
             if replace_with is None:
@@ -832,7 +960,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         new_layer = new_layers.get(path)
         if new_layer is None:
             raise RuntimeError(f"convert(): layer {path} has no counterpart in the new model")
-        if isinstance(new_layer, _layers.Activation) or path in swapped_paths:
+        if isinstance(new_layer, _layers.Activation) or path in swapped_paths or id(layer) in fused:
             continue  # swapped by clone_layer
         if replace_with is not None:
             new_layer.activation = replace_with(decision.found.spec.name, dict(decision.found.params))
@@ -856,6 +984,12 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     report_entries = []
     for path, layer, decision in entries_in_order:
         new_layer = new_layers.get(path, layer)
+        if id(layer) in fused:
+            bn = new_layers.get(_path_of(model, fused[id(layer)]), fused[id(layer)])
+            report_entries.append(_entry(path, layer, decision.found, True,
+                                         f"fused into {bn.name}: {_describe_nestad(bn, decision.found)}",
+                                         None, backend, fused=True))
+            continue
         if decision.found.implementation != "keras":
             reason = decision.found.reason if decision.found.implementation == "other" else None
             report_entries.append(_entry(path, new_layer, decision.found,

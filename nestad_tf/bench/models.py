@@ -15,8 +15,14 @@ Modes (what the activations become; everything else is the same model):
     keras        the model as Keras builds it
     recompute    every activation wrapped in tf.recompute_grad (keeps x, recomputes f
                  in the backward pass)
-    nestad       nestad_tf.convert(model, backend="kernel"): the default rule, which
-                 replaces only activations where nestad keeps fewer bytes
+    nestad       nestad_tf.convert(model, backend="kernel", fuse_normalization=False):
+                 the default rule, which replaces only activations where nestad keeps
+                 fewer bytes, each activation on its own (f' kept)
+    nestad-fused nestad_tf.convert(model, backend="kernel"), the default: the same, and
+                 BatchNormalization + activation fused into BatchNormActivation (keeps
+                 only the normalization's input)
+    nestad-fused-<d>  nestad-fused with the remaining activations' f' kept as
+                 derivative=<d> (nestad-fused-bits4, ...)
     nestad-tf    the same with the pure-TF (forward-mode AD) backend
     nestad-all   nestad_tf.convert(model, include=<every activation>, backend="kernel")
     nestad-<d>   nestad with f' kept as derivative=<d>: nestad-full, nestad-bfloat16,
@@ -34,8 +40,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 STORAGE_MODES = tuple(f"nestad-{d}" for d in ("full", "bfloat16", "uint8", "bits4", "bits3",
                                                 "bits2", "bits1"))
-MODES = ("keras", "recompute", "nestad", "nestad-tf", "nestad-all", "floor") + STORAGE_MODES
-DEFAULT_MODES = ("keras", "recompute", "nestad", "nestad-tf", "floor")
+FUSED_STORAGE_MODES = tuple("nestad-fused-" + m[len("nestad-"):] for m in STORAGE_MODES)
+MODES = (("keras", "recompute", "nestad", "nestad-fused", "nestad-tf", "nestad-all", "floor")
+         + STORAGE_MODES + FUSED_STORAGE_MODES)
+DEFAULT_MODES = ("keras", "recompute", "nestad", "nestad-fused", "nestad-tf", "floor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,13 +254,20 @@ def apply_mode(model, mode: str):
     if mode == "keras":
         return model
     if mode == "nestad":
+        return nestad_tf.convert(model, backend="kernel", fuse_normalization=False)
+    if mode == "nestad-fused":
         return nestad_tf.convert(model, backend="kernel")
     if mode == "nestad-tf":
-        return nestad_tf.convert(model, backend="tf")
+        return nestad_tf.convert(model, backend="tf", fuse_normalization=False)
     if mode == "nestad-all":
-        return nestad_tf.convert(model, include=all_activations(), backend="kernel")
+        return nestad_tf.convert(model, include=all_activations(), backend="kernel",
+                                 fuse_normalization=False)
     if mode in STORAGE_MODES:
-        return nestad_tf.convert(model, backend="kernel", derivative=mode[len("nestad-"):])
+        return nestad_tf.convert(model, backend="kernel", derivative=mode[len("nestad-"):],
+                                 fuse_normalization=False)
+    if mode in FUSED_STORAGE_MODES:
+        return nestad_tf.convert(model, backend="kernel",
+                                 derivative=mode[len("nestad-fused-"):])
     if mode == "recompute":
         return nestad_tf.convert(model, include=all_activations(), replace_with=RecomputedActivation)
     if mode == "floor":
@@ -263,7 +278,7 @@ def apply_mode(model, mode: str):
 
 def runs_under_xla(mode: str) -> Optional[str]:
     """None if `mode` can be compiled by XLA, else why not."""
-    if mode in ("nestad", "nestad-all") + STORAGE_MODES:
+    if mode in ("nestad", "nestad-fused", "nestad-all") + STORAGE_MODES + FUSED_STORAGE_MODES:
         from .. import _loader  # pylint: disable=g-import-not-at-top
 
         library = _loader.load()

@@ -1,4 +1,4 @@
-"""The targets of issue 7, and how each is read off a benchmark run.
+"""The targets of issues 7 and 13, and how each is read off a benchmark run.
 
 Each target is a ratio computed from figures measured side by side in the same
 run (graph mode, XLA off, unless said otherwise). `evaluate` returns one record
@@ -37,6 +37,13 @@ TARGETS: List[Target] = [
     Target("convnext_tiny", "time nestad/keras", 0.9, at_least=False),
     Target("efficientnet_b0_mish", "time recompute/nestad", 1.2),
     Target("convnext_tiny", "time recompute/nestad", 1.2),
+    # issue 13: BatchNormalization + activation fused (the nestad-fused mode)
+    Target("efficientnet_b0", "peak keras/nestad-fused", 1.3),
+    Target("efficientnet_b0_mish", "peak keras/nestad-fused", 1.9),
+    Target("efficientnet_b0", "time nestad-fused/keras", 1.0, at_least=False),
+    Target("efficientnet_b0_mish", "time nestad-fused/keras", 1.0, at_least=False),
+    Target("efficientnet_b0", "peak nestad-fused/floor", 1.05, at_least=False),
+    Target("efficientnet_b0_mish", "peak nestad-fused/floor", 1.05, at_least=False),
 ]
 
 KERNEL_TARGET = 0.9  # fused forward and backward >= 90% of the copy bandwidth
@@ -63,7 +70,8 @@ def comparisons(figures: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     pairs = [("keras", "nestad"), ("nestad", "keras"), ("nestad", "recompute"),
              ("keras", "recompute"), ("keras", "nestad-tf"), ("nestad-tf", "keras"),
              ("keras", "floor"), ("recompute", "nestad"), ("keras", "nestad-all"),
-             ("nestad-all", "keras")]
+             ("nestad-all", "keras"), ("keras", "nestad-fused"), ("nestad-fused", "keras"),
+             ("nestad-fused", "floor"), ("nestad-fused", "recompute"), ("nestad", "nestad-fused")]
     out = {}
     for metric in ("peak", "activation", "time"):
         for a, b in pairs:
