@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cpu_loops.h"
@@ -33,6 +34,33 @@ struct NormLayout {
   int64_t per_channel() const { return outer * inner; }  // M, the elements of one channel
   bool channels_last() const { return inner == 1; }
 };
+
+// "" and *layout for z of dimensions dims[0 .. rank) normalized along `axis` (negative:
+// from the end), else what is wrong. `shape` is z's shape as printed in errors.
+inline std::string MakeNormLayout(const int64_t* dims, int rank, int axis,
+                                  const std::string& shape, NormLayout* layout) {
+  if (rank < 1 || axis < -rank || axis >= rank) {
+    return "axis " + std::to_string(axis) + " is out of range for z of shape " + shape;
+  }
+  const int a = axis < 0 ? axis + rank : axis;
+  layout->outer = 1;
+  layout->inner = 1;
+  for (int i = 0; i < a; ++i) layout->outer *= dims[i];
+  for (int i = a + 1; i < rank; ++i) layout->inner *= dims[i];
+  layout->channels = dims[a];
+  return "";
+}
+
+// The per-channel inputs, in the ops' order.
+constexpr const char* kChannelInputNames[] = {"gamma", "beta", "mean", "variance"};
+
+// "" if a per-channel input (rank `rank`, `size` elements) fits the layout, else what is wrong.
+inline std::string CheckChannelInput(const char* name, int rank, int64_t size, int axis,
+                                     const NormLayout& layout, const std::string& shape) {
+  if (rank == 1 && size == layout.channels) return "";
+  return std::string(name) + " must be a vector of z's size along axis " + std::to_string(axis) +
+         " (" + std::to_string(layout.channels) + "), got shape " + shape;
+}
 
 // Per-channel affine transform of the normalization, in the compute type C.
 template <typename C, typename U>

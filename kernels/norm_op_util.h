@@ -38,29 +38,14 @@ inline absl::Status CheckNormInputs(const std::string& op_name, int axis,
                                     const tensorflow::Tensor& z,
                                     tensorflow::OpKernelContext* ctx, int first_vector,
                                     NormLayout* layout) {
-  const int rank = z.dims();
-  if (rank < 1 || axis < -rank || axis >= rank) {
-    return absl::InvalidArgumentError(op_name + ": axis " + std::to_string(axis) +
-                                      " is out of range for z of shape " +
-                                      z.shape().DebugString());
-  }
-  const int a = axis < 0 ? axis + rank : axis;
-  layout->outer = 1;
-  layout->inner = 1;
-  for (int i = 0; i < a; ++i) layout->outer *= z.dim_size(i);
-  for (int i = a + 1; i < rank; ++i) layout->inner *= z.dim_size(i);
-  layout->channels = z.dim_size(a);
-  static const char* kNames[] = {"gamma", "beta", "mean", "variance"};
-  for (int i = 0; i < 4; ++i) {
+  const auto dims = z.shape().dim_sizes();
+  std::string error = MakeNormLayout(dims.data(), z.dims(), axis, z.shape().DebugString(), layout);
+  for (int i = 0; i < 4 && error.empty(); ++i) {
     const tensorflow::Tensor& v = ctx->input(first_vector + i);
-    if (v.dims() != 1 || v.dim_size(0) != layout->channels) {
-      return absl::InvalidArgumentError(
-          op_name + ": " + kNames[i] + " must be a vector of z's size along axis " +
-          std::to_string(axis) + " (" + std::to_string(layout->channels) + "), got shape " +
-          v.shape().DebugString());
-    }
+    error = CheckChannelInput(kChannelInputNames[i], v.dims(), v.NumElements(), axis, *layout,
+                              v.shape().DebugString());
   }
-  return absl::OkStatus();
+  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(op_name + ": " + error);
 }
 
 }  // namespace nestad

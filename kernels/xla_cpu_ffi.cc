@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "Eigen/Core"
+#include "batch_norm_activation.h"
 #include "cpu_loops.h"
 #include "xla/ffi/api/ffi.h"
 #include "xla_custom_call.h"
@@ -189,9 +190,106 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
   });
 }
 
+// The attributes and layout of a BatchNormActivation(Grad) call, checked against its
+// buffers: z of a float type, the per-channel buffers of z's compute type.
+ffi::Error DecodeNorm(const char* target, const ffi::AnyBuffer& z,
+                      const ffi::AnyBuffer* vectors, std::string_view activation,
+                      BitsSpan params, BitsSpan epsilon, int32_t axis, xla_call::Activation* a,
+                      NormLayout* layout) {
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, a));
+  const std::vector<int64_t> dims(z.dimensions().begin(), z.dimensions().end());
+  std::string error = epsilon.size() == 1 ? "" : "epsilon must be one value";
+  if (error.empty()) {
+    error = MakeNormLayout(dims.data(), static_cast<int>(dims.size()), axis, "(rank " +
+                           std::to_string(dims.size()) + ")", layout);
+  }
+  const ffi::DataType stats =
+      z.element_type() == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
+  for (int i = 0; i < 4 && error.empty(); ++i) {
+    error = CheckChannelInput(kChannelInputNames[i], static_cast<int>(vectors[i].dimensions().size()),
+                              static_cast<int64_t>(vectors[i].element_count()), axis, *layout,
+                              "(" + std::to_string(vectors[i].element_count()) + " elements)");
+    if (error.empty() && vectors[i].element_type() != stats) {
+      error = std::string(kChannelInputNames[i]) + " must be float32 (float64 for float64 z)";
+    }
+  }
+  if (error.empty()) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+}
+
+template <typename S>
+using Stats = typename ComputeType<S>::type;
+
+ffi::Error BatchNormActivationHost(ffi::ThreadPool pool, ffi::AnyBuffer z, ffi::AnyBuffer gamma,
+                                   ffi::AnyBuffer beta, ffi::AnyBuffer mean,
+                                   ffi::AnyBuffer variance, ffi::Result<ffi::AnyBuffer> y,
+                                   ffi::Result<ffi::AnyBuffer> batch_mean,
+                                   ffi::Result<ffi::AnyBuffer> batch_variance,
+                                   std::string_view activation, BitsSpan params,
+                                   BitsSpan epsilon, int32_t axis, int32_t training) {
+  const char* target = xla_call::kBatchNormActivation;
+  const ffi::AnyBuffer vectors[] = {gamma, beta, mean, variance};
+  xla_call::Activation a;
+  NormLayout layout;
+  NESTAD_FFI_RETURN_IF_ERROR(
+      DecodeNorm(target, z, vectors, activation, params, epsilon, axis, &a, &layout));
+  const float eps = xla_call::FromBits(epsilon)[0];
+  return ForStorageType(target, z.element_type(), [&](auto s) {
+    using S = decltype(s);
+    using U = Stats<S>;
+    RunBatchNormActivation<S, U>(FfiParallelFor(pool), a.kind, a.params.data(), layout, eps,
+                                 training != 0, Data<const S>(z), Data<const U>(gamma),
+                                 Data<const U>(beta), Data<const U>(mean),
+                                 Data<const U>(variance), Data<S>(*y), Data<U>(*batch_mean),
+                                 Data<U>(*batch_variance));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error BatchNormActivationGradHost(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer z,
+                                       ffi::AnyBuffer gamma, ffi::AnyBuffer beta,
+                                       ffi::AnyBuffer mean, ffi::AnyBuffer variance,
+                                       ffi::Result<ffi::AnyBuffer> dz,
+                                       ffi::Result<ffi::AnyBuffer> dgamma,
+                                       ffi::Result<ffi::AnyBuffer> dbeta,
+                                       std::string_view activation, BitsSpan params,
+                                       BitsSpan epsilon, int32_t axis, int32_t training) {
+  const char* target = xla_call::kBatchNormActivationGrad;
+  const ffi::AnyBuffer vectors[] = {gamma, beta, mean, variance};
+  xla_call::Activation a;
+  NormLayout layout;
+  NESTAD_FFI_RETURN_IF_ERROR(xla_call::SameElements(target, dy, z));
+  NESTAD_FFI_RETURN_IF_ERROR(
+      DecodeNorm(target, z, vectors, activation, params, epsilon, axis, &a, &layout));
+  const float eps = xla_call::FromBits(epsilon)[0];
+  return ForStorageType(target, z.element_type(), [&](auto s) {
+    using S = decltype(s);
+    using U = Stats<S>;
+    RunBatchNormActivationGrad<S, U>(
+        FfiParallelFor(pool), a.kind, a.params.data(), layout, eps, training != 0,
+        Data<const S>(dy), Data<const S>(z), Data<const U>(gamma), Data<const U>(beta),
+        Data<const U>(mean), Data<const U>(variance), Data<S>(*dz), Data<U>(*dgamma),
+        Data<U>(*dbeta));
+    return ffi::Error::Success();
+  });
+}
+
 }  // namespace
 
 // The bindings (in the order of each handler's parameters) and registrations.
 NESTAD_XLA_FFI_HANDLERS(Host, ::xla::ffi::ThreadPool, "Host");
+
+#define NESTAD_NORM_BUFFERS(binding)                                                   \
+  binding.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()            \
+      .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()               \
+      .Ret<ffi::AnyBuffer>()
+// XLA:CPU only: the fused normalization has no CUDA kernels yet.
+NESTAD_XLA_FFI_HANDLER(BatchNormActivation, Host, "Host",
+                       xla_call::BindNorm(NESTAD_NORM_BUFFERS(
+                           NESTAD_XLA_FFI_BUFFERS(ffi::ThreadPool))));
+NESTAD_XLA_FFI_HANDLER(BatchNormActivationGrad, Host, "Host",
+                       xla_call::BindNorm(NESTAD_NORM_BUFFERS(
+                           NESTAD_XLA_FFI_BUFFERS(ffi::ThreadPool).Arg<ffi::AnyBuffer>())));
+#undef NESTAD_NORM_BUFFERS
 
 }  // namespace nestad

@@ -41,6 +41,8 @@ constexpr const char kActivationForward[] = "nestad_activation_forward";
 constexpr const char kActivationGradFromOutput[] = "nestad_activation_grad_from_output";
 constexpr const char kFusedActivationQuantized[] = "nestad_fused_activation_quantized";
 constexpr const char kActivationGradQuantized[] = "nestad_activation_grad_quantized";
+constexpr const char kBatchNormActivation[] = "nestad_batch_norm_activation";
+constexpr const char kBatchNormActivationGrad[] = "nestad_batch_norm_activation_grad";
 
 // ---- Encoding (the lowering) ----
 
@@ -66,6 +68,13 @@ inline std::string QuantizerConfig(const std::string& format, int bits,
   return "format = \"" + format + "\", bits = " + std::to_string(bits) +
          " : i32, breakpoints = " + FloatBits(breakpoints) + ", levels = " + FloatBits(levels) +
          ", range = " + FloatBits(range);
+}
+
+// The normalization attributes of BatchNormActivation(Grad): epsilon as float bits,
+// the normalized (non-negative) axis, training as 0 or 1.
+inline std::string NormConfig(float epsilon, int axis, bool training) {
+  return "epsilon = " + FloatBits({epsilon}) + ", axis = " + std::to_string(axis) +
+         " : i32, training = " + std::to_string(training ? 1 : 0) + " : i32";
 }
 
 // The backend config of a custom call: a dictionary of the given entries.
@@ -170,6 +179,16 @@ template <typename Binding>
 auto BindActivation(Binding binding) {
   return std::move(binding).template Attr<std::string_view>("activation").template Attr<BitsSpan>(
       "params");
+}
+
+template <typename Binding>
+auto BindNorm(Binding binding) {
+  return std::move(binding)
+      .template Attr<std::string_view>("activation")
+      .template Attr<BitsSpan>("params")
+      .template Attr<BitsSpan>("epsilon")
+      .template Attr<int32_t>("axis")
+      .template Attr<int32_t>("training");
 }
 
 template <typename Binding>

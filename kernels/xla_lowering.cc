@@ -8,9 +8,11 @@
 // Registered with REGISTER_KERNEL_BUILDER on the XLA JIT devices rather than
 // REGISTER_XLA_OP: the latter only takes effect when the library is loaded
 // before TensorFlow runs its first op, the former at any time.
+#include <cmath>
 #include <string>
 #include <vector>
 
+#include "batch_norm_activation.h"
 #include "op_util.h"
 #include "storage.h"
 #include "tensorflow/compiler/tf2xla/shape_util.h"
@@ -198,6 +200,89 @@ class ActivationGradQuantizedLowering : public CustomCallLowering {
  private:
   QuantizerAttrs quantizer_;
 };
+
+// BatchNormActivation and its grad: z (input z_index) and four per-channel
+// vectors after it; outputs one z-shaped tensor and two vectors. XLA:CPU only
+// (the fused normalization has no CUDA kernels yet).
+class BatchNormActivationLowering : public CustomCallLowering {
+ public:
+  BatchNormActivationLowering(OpKernelConstruction* ctx, const char* op_name, const char* target,
+                              int z_index)
+      : CustomCallLowering(ctx, op_name, target), z_index_(z_index) {
+    OP_REQUIRES_OK(ctx, activation_.Read(ctx, op_name_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("training", &training_));
+    OP_REQUIRES(ctx, epsilon_ >= 0.0f && std::isfinite(epsilon_),
+                absl::InvalidArgumentError(op_name_ + ": epsilon must be finite and >= 0"));
+    ::tensorflow::DataType t, u;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &t));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("U", &u));
+    OP_REQUIRES(ctx, (t == ::tensorflow::DT_DOUBLE) == (u == ::tensorflow::DT_DOUBLE),
+                absl::InvalidArgumentError(op_name_ + ": U must be float (double for double z)"));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    xla::Shape z;
+    if (!StaticShape(ctx, z_index_, &z)) return;
+    if (z_index_ == 1) {
+      xla::Shape dy;
+      if (!SameShape(ctx, "dy", "z", &dy)) return;
+    }
+    const std::vector<int64_t> dims(z.dimensions().begin(), z.dimensions().end());
+    NormLayout layout;
+    std::string error = MakeNormLayout(dims.data(), static_cast<int>(dims.size()), axis_,
+                                       z.ToString(), &layout);
+    xla::Shape vector;
+    for (int i = 0; i < 4 && error.empty(); ++i) {
+      if (!StaticShape(ctx, z_index_ + 1 + i, &vector)) return;
+      error = CheckChannelInput(kChannelInputNames[i], vector.dimensions().size(),
+                                xla::ShapeUtil::ElementsIn(vector), axis_, layout,
+                                vector.ToString());
+    }
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(op_name_ + ": " + error));
+    std::vector<xla::XlaOp> operands;
+    for (int i = 0; i < z_index_ + 5; ++i) operands.push_back(ctx->Input(i));
+    const int axis = axis_ < 0 ? axis_ + static_cast<int>(dims.size()) : axis_;
+    Emit(ctx, operands, {z, vector, vector},
+         ActivationConfig(activation_) + ", " + xla_call::NormConfig(epsilon_, axis, training_));
+  }
+
+ private:
+  const int z_index_;
+  ActivationAttrs activation_;
+  float epsilon_ = 0.0f;
+  int axis_ = -1;
+  bool training_ = true;
+};
+
+class BatchNormActivationForwardLowering : public BatchNormActivationLowering {
+ public:
+  explicit BatchNormActivationForwardLowering(OpKernelConstruction* ctx)
+      : BatchNormActivationLowering(ctx, NESTAD_OP("BatchNormActivation"),
+                                    xla_call::kBatchNormActivation, 0) {}
+};
+
+class BatchNormActivationGradLowering : public BatchNormActivationLowering {
+ public:
+  explicit BatchNormActivationGradLowering(OpKernelConstruction* ctx)
+      : BatchNormActivationLowering(ctx, NESTAD_OP("BatchNormActivationGrad"),
+                                    xla_call::kBatchNormActivationGrad, 1) {}
+};
+
+#define NESTAD_REGISTER_NORM_LOWERING(name, Lowering)                                    \
+  REGISTER_KERNEL_BUILDER(Name(NESTAD_OP(name))                                          \
+                              .Device("XLA_CPU_JIT")                                     \
+                              .TypeConstraint("T", {::tensorflow::DT_HALF,               \
+                                                    ::tensorflow::DT_BFLOAT16,           \
+                                                    ::tensorflow::DT_FLOAT,              \
+                                                    ::tensorflow::DT_DOUBLE})            \
+                              .TypeConstraint("U", {::tensorflow::DT_FLOAT,              \
+                                                    ::tensorflow::DT_DOUBLE}),           \
+                          Lowering)
+NESTAD_REGISTER_NORM_LOWERING("BatchNormActivation", BatchNormActivationForwardLowering);
+NESTAD_REGISTER_NORM_LOWERING("BatchNormActivationGrad", BatchNormActivationGradLowering);
+#undef NESTAD_REGISTER_NORM_LOWERING
 
 #define NESTAD_REGISTER_LOWERING(name, Lowering)                                         \
   REGISTER_KERNEL_BUILDER(Name(NESTAD_OP(name))                                          \

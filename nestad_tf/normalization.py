@@ -12,10 +12,10 @@ precision (f' is recomputed exactly, in the compute dtype):
 
 Backends, as for activations (`nestad_tf.backend_info()`): "kernel" is the
 fused C++ op pair (kernels/batch_norm_activation.h, the same per-activation
-functors as the activation kernels); "tf" is the same custom gradient in pure
-TensorFlow, its backward pass recomputing BN and f by TF autodiff (the same
-memory, more time). Under XLA the "tf" form runs: XLA fuses the recomputation
-into the backward pass and keeps only z.
+functors as the activation kernels; under XLA:CPU two custom calls to the same
+loops); "tf" is the same custom gradient in pure TensorFlow, its backward pass
+recomputing BN and f by TF autodiff (the same memory in graph mode, more time).
+"auto" picks "tf" where a GPU is visible (no CUDA kernels for this op yet).
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -92,8 +92,9 @@ def batch_norm_activation(z, gamma, beta, mean, variance, activation: str = "lin
     if spec.apply is None and not explicit_kernel and ops.inference_graph():
         return block.composite(z, gamma, beta, mean, variance)  # no backward pass to serve
     chosen = ops.resolve_backend(backend, has_kernel=spec.kernel is not None)
-    if chosen == "kernel" and _private_tf.in_xla_context():
-        chosen = "tf"  # XLA fuses the pure-TF recomputation (module doc)
+    if chosen == "kernel" and _private_tf.in_xla_context() and ops._gpu_visible():  # pylint: disable=protected-access
+        raise ValueError("backend='kernel': the fused normalization has no XLA:GPU lowering "
+                         "yet; use backend='auto' or 'tf' (the pure-TF form) under XLA on a GPU")
     return block.with_recomputed_backward(z, gamma, beta, mean, variance, chosen)
 
 

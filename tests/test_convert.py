@@ -289,9 +289,19 @@ def efficientnet():
 
 @pytest.mark.slow
 def test_efficientnet_b0_silu(efficientnet):
+    unfused = nestad_tf.memory_report(nestad_tf.convert(efficientnet, fuse_normalization=False))
+    assert not unfused.replaced  # silu keeps x only, sigmoid its output: nothing to gain
+    fusable = [e for e in unfused if "convert() fuses it with" in e.reason]
+    assert len(fusable) == 33
+    assert all(("no saving" in e.reason) or ("only its output" in e.reason)
+               for e in unfused if e not in fusable)
     default = nestad_tf.memory_report(nestad_tf.convert(efficientnet))
-    assert not default.replaced  # silu keeps x only, sigmoid its output: nothing to gain
-    assert all(("no saving" in e.reason) or ("only its output" in e.reason) for e in default)
+    # the 33 silu after a BatchNormalization are fused with it and keep nothing
+    assert len(default.replaced) == 33
+    assert all(e.layer_class == "BatchNormActivation" and e.nestad_bytes_per_sample == 0
+               for e in default.replaced)
+    assert all(("no saving" in e.reason) or ("only its output" in e.reason)
+               for e in default.left_alone)
     converted = nestad_tf.convert(efficientnet, include=["silu"])
     report = _check_application(efficientnet, converted, {"silu"}, 32)
     assert len(report.replaced) == 49

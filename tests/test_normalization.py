@@ -5,6 +5,8 @@ followed by Keras' activation (the registry's reference) in float64 on the same
 (already rounded) inputs, and their gradients TF autodiff of that.
 """
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -275,3 +277,34 @@ def test_second_order_gradient_through_the_kernel_raises_clearly():
 
     with pytest.raises(nestad_tf.SecondOrderGradientError, match="backend='tf'"):
         second()
+
+
+# --- under XLA --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_jit_equals_graph_mode_bit_for_bit_through_custom_calls(dtype, training):
+    """Under jit_compile the op pair is two XLA custom calls to the same CPU loops."""
+    z, gamma, beta, mean, variance, upstream = _inputs((8, 5, 5, 16), -1, dtype)
+
+    def step(z, gamma, beta, upstream):
+        return _fused("mish", {}, z, gamma, beta, mean, variance, upstream, -1, training, 1e-3,
+                      "kernel")
+
+    graph = tf.function(step)(z, gamma, beta, upstream)
+    jitted = tf.function(step, jit_compile=True)
+    for a, b in zip(jitted(z, gamma, beta, upstream), graph):
+        np.testing.assert_array_equal(a, b)
+    hlo = jitted.experimental_get_compiler_ir(z, gamma, beta, upstream)(stage="optimized_hlo")
+    targets = sorted(set(re.findall(r'custom_call_target="(nestad_[a-z_]+)"', hlo)))
+    assert targets == ["nestad_batch_norm_activation", "nestad_batch_norm_activation_grad"]
+
+
+def test_jit_rejects_bad_input_at_compile_time():
+    lib = load().module
+    bad = tf.function(lambda z: lib.batch_norm_activation(
+        z, tf.ones([4]), tf.zeros([3]), tf.zeros([3]), tf.ones([3]), activation="mish"),
+        jit_compile=True)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="gamma must be a vector"):
+        bad(tf.ones([2, 3]))

@@ -387,7 +387,7 @@ def _conv_bn_model(activation="mish", sequential=False):
 
 @pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
 def test_convert_marks_activations_after_a_normalization(sequential, tmp_path):
-    converted = nestad_tf.convert(_conv_bn_model(sequential=sequential))
+    converted = nestad_tf.convert(_conv_bn_model(sequential=sequential), fuse_normalization=False)
     marked = [layer.after_normalization for layer in converted.layers
               if isinstance(layer, nestad_tf.layers.Activation)]
     assert marked == [True, False]
@@ -403,7 +403,7 @@ def test_convert_marks_activations_after_a_normalization(sequential, tmp_path):
 def test_after_a_normalization_xla_recomputes_f_prime_in_fused_ops():
     """Under XLA the activation after BatchNormalization keeps no f' (its backward pass is
     XLA's fusion of the reference's gradient); graph mode keeps f' as everywhere else."""
-    model = nestad_tf.convert(_conv_bn_model())
+    model = nestad_tf.convert(_conv_bn_model(), fuse_normalization=False)
     x = tf.random.normal([4, 8, 8, 2], seed=2)
 
     def gradients(x):
