@@ -57,6 +57,16 @@ absl::Status NormShape(InferenceContext* c, const char* op, int z_index, int fir
   return absl::OkStatus();
 }
 
+// The attributes both ops take (the grad op gets the forward op's).
+#define NESTAD_NORM_ATTRS                          \
+  .Attr("T: {half, bfloat16, float, double}")      \
+      .Attr("U: {float, double}")                  \
+      .Attr("activation: string")                  \
+      .Attr("params: list(float) = []")            \
+      .Attr("epsilon: float = 0.001")              \
+      .Attr("axis: int = -1")                      \
+      .Attr("training: bool = true")
+
 REGISTER_OP(NESTAD_OP("BatchNormActivation"))
     .Input("z: T")
     .Input("gamma: U")
@@ -66,13 +76,7 @@ REGISTER_OP(NESTAD_OP("BatchNormActivation"))
     .Output("y: T")
     .Output("batch_mean: U")
     .Output("batch_variance: U")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("U: {float, double}")
-    .Attr("activation: string")
-    .Attr("params: list(float) = []")
-    .Attr("epsilon: float = 0.001")
-    .Attr("axis: int = -1")
-    .Attr("training: bool = true")
+    NESTAD_NORM_ATTRS
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(NormShape(c, NESTAD_OP("BatchNormActivation"), 0, 1));
       c->set_output(0, c->input(0));
@@ -97,13 +101,7 @@ REGISTER_OP(NESTAD_OP("BatchNormActivationGrad"))
     .Output("dz: T")
     .Output("dgamma: U")
     .Output("dbeta: U")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("U: {float, double}")
-    .Attr("activation: string")
-    .Attr("params: list(float) = []")
-    .Attr("epsilon: float = 0.001")
-    .Attr("axis: int = -1")
-    .Attr("training: bool = true")
+    NESTAD_NORM_ATTRS
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(NormShape(c, NESTAD_OP("BatchNormActivationGrad"), 1, 2));
       ShapeHandle merged;
