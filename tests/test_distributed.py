@@ -14,11 +14,9 @@ optimizer that model.fit would use.
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -29,6 +27,9 @@ import nestad_tf
 from nestad_tf._loader import OP_NAMESPACE, op_type
 
 from test_ecosystem import REPO, _data, _model
+
+sys.path.insert(0, os.path.join(REPO, "examples"))
+from distributed import free_ports, wait_for  # noqa: E402  (the example's own helpers)
 
 TIME_LIMIT_S = 240  # for a whole cluster
 BATCH_SIZE = 8      # global: split between the workers
@@ -186,16 +187,6 @@ COORDINATOR = """
 # --- starting and stopping processes ---
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @contextlib.contextmanager
 def _processes(tmp_path):
     """Yields start(name, script, *args, env={}, stdin=None); kills what still runs at the end."""
@@ -224,11 +215,7 @@ def _processes(tmp_path):
 
 def _wait(processes, timeout=TIME_LIMIT_S):
     """Exit codes once all have exited, one has failed or `timeout` has passed (None: running)."""
-    deadline = time.monotonic() + timeout
-    while (any(p.poll() is None for p in processes) and not any(p.poll() for p in processes)
-           and time.monotonic() < deadline):
-        time.sleep(0.1)  # polling exit codes, not waiting for anything to happen
-    return [p.poll() for p in processes]
+    return wait_for(processes, timeout)
 
 
 def _logs(tmp_path):
@@ -243,7 +230,7 @@ def _logs(tmp_path):
 def two_workers(tmp_path_factory):
     """Runs MULTI_WORKER on two local workers; returns each worker's result."""
     tmp_path = tmp_path_factory.mktemp("two_workers")
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     with _processes(tmp_path) as start:
         workers = [start(f"worker{i}", MULTI_WORKER, tmp_path / f"worker{i}.json", extra_env={
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
@@ -294,7 +281,7 @@ def test_keras_model_fit_fails_under_multi_worker_mirrored_with_or_without_nesta
 
 def _parameter_server_cluster(tmp_path, servers_import_nestad, steps, try_fit):
     """1 coordinator (chief) + 1 worker + 1 ps, each a process; returns (exit codes, result)."""
-    ports = _free_ports(3)
+    ports = free_ports(3)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"],
                "ps": [f"127.0.0.1:{ports[2]}"]}
     nestad = "with_nestad" if servers_import_nestad else "without_nestad"
