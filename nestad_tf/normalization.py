@@ -18,6 +18,7 @@ recomputing BN and f by TF autodiff (the same memory in graph mode, more time).
 "auto" picks "tf" where a GPU is visible (no CUDA kernels for this op yet).
 """
 
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
@@ -69,6 +70,8 @@ def batch_norm_activation(z, gamma, beta, mean, variance, activation: str = "lin
     if not -rank <= axis < rank:
         raise ValueError(f"axis {axis} is out of range for z of shape {z.shape}")
     axis = axis % rank
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"batch_norm_activation: epsilon must be finite and >= 0, got {epsilon}")
     compute = ops._compute_dtype(z.dtype)  # pylint: disable=protected-access
     channels = tf.shape(z)[axis]
 

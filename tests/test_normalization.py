@@ -253,6 +253,11 @@ def test_python_api_rejects_bad_input():
     with pytest.raises(TypeError, match="unexpected parameter"):
         normalization.batch_norm_activation(tf.ones([4, 3]), None, None, tf.zeros([3]),
                                             tf.ones([3]), "mish", alpha=1.0)
+    for epsilon in (-1e-3, float("inf")):
+        with pytest.raises(ValueError, match="epsilon must be finite and >= 0"):
+            normalization.batch_norm_activation(tf.ones([4, 3]), None, None, tf.zeros([3]),
+                                                tf.ones([3]), "mish", epsilon=epsilon,
+                                                backend="tf")
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
                        match="gamma must be a vector"):
         normalization.batch_norm_activation(tf.ones([4, 3]), tf.ones([2]), None, tf.zeros([3]),
