@@ -41,14 +41,13 @@ absl::Status NormShape(InferenceContext* c, const char* op, int z_index, int fir
     }
     channels = c->Dim(z, axis < 0 ? axis + rank : axis);
   }
-  static const char* kNames[] = {"gamma", "beta", "mean", "variance"};
   for (int i = 0; i < 4; ++i) {
     ShapeHandle v = c->input(first_vector + i);
     ShapeHandle vector;
     DimensionHandle merged;
     if (!c->WithRank(v, 1, &vector).ok() || !c->Merge(c->Dim(vector, 0), channels, &merged).ok()) {
       return absl::InvalidArgumentError(
-          std::string(op) + ": " + kNames[i] + " must be a vector of z's size along axis " +
+          std::string(op) + ": " + kChannelInputNames[i] + " must be a vector of z's size along axis " +
           std::to_string(axis) + " (" + c->DebugString(channels) + "), got shape " +
           c->DebugString(v));
     }

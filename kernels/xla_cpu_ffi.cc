@@ -190,13 +190,21 @@ ffi::Error ActivationGradQuantizedHost(ffi::ThreadPool pool, ffi::AnyBuffer dy,
   });
 }
 
-// The attributes and layout of a BatchNormActivation(Grad) call, checked against its
-// buffers: z of a float type, the per-channel buffers of z's compute type.
+// A BatchNormActivation(Grad) call's attributes and layout.
+struct NormCall {
+  xla_call::Activation activation;
+  NormLayout layout;
+  float epsilon = 0.0f;
+};
+
+// Decodes a call's attributes and checks them against its buffers: z of a float
+// type, the per-channel buffers (gamma, beta, mean, variance) of z's compute type.
 ffi::Error DecodeNorm(const char* target, const ffi::AnyBuffer& z,
-                      const ffi::AnyBuffer* vectors, std::string_view activation,
-                      BitsSpan params, BitsSpan epsilon, int32_t axis, xla_call::Activation* a,
-                      NormLayout* layout) {
-  NESTAD_FFI_RETURN_IF_ERROR(xla_call::DecodeActivation(target, activation, params, a));
+                      const ffi::AnyBuffer (&vectors)[4], std::string_view activation,
+                      BitsSpan params, BitsSpan epsilon, int32_t axis, NormCall* call) {
+  NESTAD_FFI_RETURN_IF_ERROR(
+      xla_call::DecodeActivation(target, activation, params, &call->activation));
+  NormLayout* layout = &call->layout;
   const std::vector<int64_t> dims(z.dimensions().begin(), z.dimensions().end());
   std::string error = epsilon.size() == 1 ? "" : "epsilon must be one value";
   if (error.empty()) {
@@ -213,8 +221,9 @@ ffi::Error DecodeNorm(const char* target, const ffi::AnyBuffer& z,
       error = std::string(kChannelInputNames[i]) + " must be float32 (float64 for float64 z)";
     }
   }
-  if (error.empty()) return ffi::Error::Success();
-  return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+  if (!error.empty()) return ffi::Error::InvalidArgument(std::string(target) + ": " + error);
+  call->epsilon = xla_call::FromBits(epsilon)[0];
+  return ffi::Error::Success();
 }
 
 template <typename S>
@@ -228,17 +237,14 @@ ffi::Error BatchNormActivationHost(ffi::ThreadPool pool, ffi::AnyBuffer z, ffi::
                                    std::string_view activation, BitsSpan params,
                                    BitsSpan epsilon, int32_t axis, int32_t training) {
   const char* target = xla_call::kBatchNormActivation;
-  const ffi::AnyBuffer vectors[] = {gamma, beta, mean, variance};
-  xla_call::Activation a;
-  NormLayout layout;
-  NESTAD_FFI_RETURN_IF_ERROR(
-      DecodeNorm(target, z, vectors, activation, params, epsilon, axis, &a, &layout));
-  const float eps = xla_call::FromBits(epsilon)[0];
+  NormCall c;
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeNorm(target, z, {gamma, beta, mean, variance}, activation,
+                                        params, epsilon, axis, &c));
   return ForStorageType(target, z.element_type(), [&](auto s) {
     using S = decltype(s);
     using U = Stats<S>;
-    RunBatchNormActivation<S, U>(FfiParallelFor(pool), a.kind, a.params.data(), layout, eps,
-                                 training != 0, Data<const S>(z), Data<const U>(gamma),
+    RunBatchNormActivation<S, U>(FfiParallelFor(pool), c.activation.kind,
+                                 c.activation.params.data(), c.layout, c.epsilon, training != 0, Data<const S>(z), Data<const U>(gamma),
                                  Data<const U>(beta), Data<const U>(mean),
                                  Data<const U>(variance), Data<S>(*y), Data<U>(*batch_mean),
                                  Data<U>(*batch_variance));
@@ -255,18 +261,16 @@ ffi::Error BatchNormActivationGradHost(ffi::ThreadPool pool, ffi::AnyBuffer dy, 
                                        std::string_view activation, BitsSpan params,
                                        BitsSpan epsilon, int32_t axis, int32_t training) {
   const char* target = xla_call::kBatchNormActivationGrad;
-  const ffi::AnyBuffer vectors[] = {gamma, beta, mean, variance};
-  xla_call::Activation a;
-  NormLayout layout;
+  NormCall c;
   NESTAD_FFI_RETURN_IF_ERROR(xla_call::SameElements(target, dy, z));
-  NESTAD_FFI_RETURN_IF_ERROR(
-      DecodeNorm(target, z, vectors, activation, params, epsilon, axis, &a, &layout));
-  const float eps = xla_call::FromBits(epsilon)[0];
+  NESTAD_FFI_RETURN_IF_ERROR(DecodeNorm(target, z, {gamma, beta, mean, variance}, activation,
+                                        params, epsilon, axis, &c));
   return ForStorageType(target, z.element_type(), [&](auto s) {
     using S = decltype(s);
     using U = Stats<S>;
     RunBatchNormActivationGrad<S, U>(
-        FfiParallelFor(pool), a.kind, a.params.data(), layout, eps, training != 0,
+        FfiParallelFor(pool), c.activation.kind, c.activation.params.data(), c.layout,
+        c.epsilon, training != 0,
         Data<const S>(dy), Data<const S>(z), Data<const U>(gamma), Data<const U>(beta),
         Data<const U>(mean), Data<const U>(variance), Data<S>(*dz), Data<U>(*dgamma),
         Data<U>(*dbeta));

@@ -8,11 +8,11 @@
 // Registered with REGISTER_KERNEL_BUILDER on the XLA JIT devices rather than
 // REGISTER_XLA_OP: the latter only takes effect when the library is loaded
 // before TensorFlow runs its first op, the former at any time.
-#include <cmath>
 #include <string>
 #include <vector>
 
 #include "batch_norm_activation.h"
+#include "norm_op_util.h"
 #include "op_util.h"
 #include "storage.h"
 #include "tensorflow/compiler/tf2xla/shape_util.h"
@@ -209,12 +209,7 @@ class BatchNormActivationLowering : public CustomCallLowering {
   BatchNormActivationLowering(OpKernelConstruction* ctx, const char* op_name, const char* target,
                               int z_index)
       : CustomCallLowering(ctx, op_name, target), z_index_(z_index) {
-    OP_REQUIRES_OK(ctx, activation_.Read(ctx, op_name_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("training", &training_));
-    OP_REQUIRES(ctx, epsilon_ >= 0.0f && std::isfinite(epsilon_),
-                absl::InvalidArgumentError(op_name_ + ": epsilon must be finite and >= 0"));
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx, op_name_));
     ::tensorflow::DataType t, u;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &t));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("U", &u));
@@ -231,29 +226,27 @@ class BatchNormActivationLowering : public CustomCallLowering {
     }
     const std::vector<int64_t> dims(z.dimensions().begin(), z.dimensions().end());
     NormLayout layout;
-    std::string error = MakeNormLayout(dims.data(), static_cast<int>(dims.size()), axis_,
+    std::string error = MakeNormLayout(dims.data(), static_cast<int>(dims.size()), attrs_.axis,
                                        z.ToString(), &layout);
     xla::Shape vector;
     for (int i = 0; i < 4 && error.empty(); ++i) {
       if (!StaticShape(ctx, z_index_ + 1 + i, &vector)) return;
       error = CheckChannelInput(kChannelInputNames[i], vector.dimensions().size(),
-                                xla::ShapeUtil::ElementsIn(vector), axis_, layout,
+                                xla::ShapeUtil::ElementsIn(vector), attrs_.axis, layout,
                                 vector.ToString());
     }
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(op_name_ + ": " + error));
     std::vector<xla::XlaOp> operands;
     for (int i = 0; i < z_index_ + 5; ++i) operands.push_back(ctx->Input(i));
-    const int axis = axis_ < 0 ? axis_ + static_cast<int>(dims.size()) : axis_;
+    const int axis = attrs_.axis < 0 ? attrs_.axis + static_cast<int>(dims.size()) : attrs_.axis;
     Emit(ctx, operands, {z, vector, vector},
-         ActivationConfig(activation_) + ", " + xla_call::NormConfig(epsilon_, axis, training_));
+         ActivationConfig(attrs_.activation) + ", " +
+             xla_call::NormConfig(attrs_.epsilon, axis, attrs_.training));
   }
 
  private:
   const int z_index_;
-  ActivationAttrs activation_;
-  float epsilon_ = 0.0f;
-  int axis_ = -1;
-  bool training_ = true;
+  NormAttrs attrs_;  // read and checked as the TF kernels do
 };
 
 class BatchNormActivationForwardLowering : public BatchNormActivationLowering {
