@@ -434,11 +434,15 @@ def _saves_memory(keras_saved: SavedTensors, nestad_saved: SavedTensors) -> bool
     return nestad_saved.bytes_per_element < keras_saved.bytes_per_element
 
 
+def _compute_dtype_name(layer) -> str:
+    return tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
+
+
 def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str],
            reason: Optional[str], backend: str, derivative: str = "exact",
            fused: bool = False) -> ActivationReport:
     """fused: the activation runs inside a BatchNormActivation (it keeps nothing of its own)."""
-    dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
+    dtype = _compute_dtype_name(layer)
     elements = _elements_per_sample(layer)
     keras_saved = nestad_saved = None
     fused = fused or isinstance(layer, _layers.BatchNormActivation)
@@ -577,8 +581,9 @@ def _fusion_candidates(model) -> Dict[int, keras.layers.Layer]:
     return candidates
 
 
-def _worth_fusing(found: _Found, layer, dtype: str, backend: str) -> bool:
+def _worth_fusing(found: _Found, layer, backend: str) -> bool:
     """Fusing saves memory where the activation's backward pass keeps more than its output."""
+    dtype = _compute_dtype_name(layer)
     if found.implementation == "nestad":
         saved = saved_for_backward(found.spec.name, found.params, dtype, "nestad", backend,
                                    _derivative_of(layer, found))
@@ -725,7 +730,7 @@ def _decide(path, layer, found: _Found, include, exclude, layer_patterns, exclud
         if name in include:
             return _Decision(found, True, None)
         return _Decision(found, False, f"not named in include= ({', '.join(sorted(include))})")
-    dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
+    dtype = _compute_dtype_name(layer)
     keras_saved, nestad_saved = _pair(found, dtype, backend, derivative)
     if _saves_memory(keras_saved, nestad_saved):
         return _Decision(found, True, None)
@@ -743,12 +748,7 @@ def _decide_fusion(path, layer, found: _Found, include, exclude, layer_patterns,
         return False
     if include is not None and found.implementation == "keras":
         return name in include
-    dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or "float32").name
-    return _worth_fusing(found, layer, dtype, backend)
-
-
-def _path_of(model, target) -> str:
-    return next(path for path, layer, _ in _walk(model) if layer is target)
+    return _worth_fusing(found, layer, backend)
 
 
 def _nestad_function(found: _Found, backend: str,
@@ -894,8 +894,9 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     decisions: Dict[int, Tuple[str, keras.layers.Layer, _Decision]] = {}
     entries_in_order = []
     candidates = _fusion_candidates(model) if fuse_normalization and replace_with is None else {}
-    fused: Dict[int, keras.layers.Layer] = {}  # id(activation layer) -> its BatchNormalization
+    fused: Dict[int, str] = {}  # id(activation layer) -> the path of its BatchNormalization
     fused_into: Dict[int, Tuple[keras.layers.Layer, _Found]] = {}  # id(BN) -> (activation, found)
+    paths = {id(layer): path for path, layer, _ in _walk(model)}
     for path, layer, parent in _walk(model):
         found = _identify(layer)
         if found is None:
@@ -903,7 +904,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         normalization = candidates.get(id(layer))
         if normalization is not None and _decide_fusion(path, layer, found, include, exclude,
                                                         layer_patterns, exclude_layers, backend):
-            fused[id(layer)] = normalization
+            fused[id(layer)] = paths[id(normalization)]
             fused_into[id(normalization)] = (layer, found)
             entries_in_order.append((path, layer, _Decision(found, True, None)))
             continue
@@ -985,7 +986,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     for path, layer, decision in entries_in_order:
         new_layer = new_layers.get(path, layer)
         if id(layer) in fused:
-            bn = new_layers.get(_path_of(model, fused[id(layer)]), fused[id(layer)])
+            bn = new_layers[fused[id(layer)]]
             report_entries.append(_entry(path, layer, decision.found, True,
                                          f"fused into {bn.name}: {_describe_nestad(bn, decision.found)}",
                                          None, backend, fused=True))
