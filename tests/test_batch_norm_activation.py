@@ -1,6 +1,5 @@
 """layers.BatchNormActivation against BatchNormalization + Activation, and convert()'s fusion."""
 
-import os
 
 import numpy as np
 import pytest
