@@ -1,6 +1,5 @@
 """layers.BatchNormActivation against BatchNormalization + Activation, and convert()'s fusion."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
