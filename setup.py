@@ -37,7 +37,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SOURCES = [
     "kernels/fused_activation_ops.cc", "kernels/storage_ops.cc",
-    "kernels/batch_norm_activation_ops.cc",
+    "kernels/batch_norm_activation_ops.cc", "kernels/c_api.cc",
 ]
 # The XLA lowering of the same ops (custom calls) and their XLA FFI handlers for
 # XLA:CPU; built when the installed TensorFlow ships XLA's headers (see _xla_build_flags).

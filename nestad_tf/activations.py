@@ -143,22 +143,22 @@ def _is_floating(x) -> bool:
     """Whether x (tensor, KerasTensor, array, list or number) converts to a floating dtype."""
     dtype = getattr(x, "dtype", None)
     if dtype is None:
-        dtype = tf.convert_to_tensor(x).dtype
-    dtype = tf.as_dtype(dtype)
+        dtype = keras.ops.convert_to_tensor(x).dtype
+    name = keras.backend.standardize_dtype(dtype)
     # Complex inputs go on to nestad, which refuses them: f' is kept for real functions only.
-    return dtype.is_floating or dtype.is_complex
+    return name.startswith(("float", "bfloat", "complex"))
 
 
 def _keras_reference(spec: registry.ActivationSpec, x, params: Dict[str, Any]):
     """An integer or bool input: Keras' own result (no gradient, so nothing to keep)."""
     try:
         return spec.reference(x, **params)
-    except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
+    except (TypeError, ValueError, RuntimeError, tf.errors.InvalidArgumentError) as error:
         dtype = getattr(x, "dtype", None)
-        dtype = tf.convert_to_tensor(x).dtype if dtype is None else dtype
+        dtype = keras.ops.convert_to_tensor(x).dtype if dtype is None else dtype
         raise TypeError(
             f"nestad_tf.{spec.name} needs a floating-point tensor (float16, bfloat16, float32 or "
-            f"float64), got {tf.as_dtype(dtype).name}; keras.activations.{spec.name} refuses "
+            f"float64), got {keras.backend.standardize_dtype(dtype)}; keras.activations.{spec.name} refuses "
             f"it too ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]})"
         ) from error
 

@@ -72,7 +72,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import activations, ops, registry
+from . import activations, frameworks, ops, registry
 
 _PROBE_SIDE = 5
 """Size of every free axis of the probe input (axes no parameter broadcasts along)."""
@@ -152,6 +152,8 @@ class ForwardADActivation:
 
     def apply(self, x, params: Dict[str, Any], backend: Optional[str] = None) -> tf.Tensor:
         """Applies fn with already bound parameters (the `ActivationSpec.apply` hook)."""
+        if frameworks.active():  # Keras on torch or JAX
+            return frameworks.apply_forward_ad(self, x, params, backend)
         ops.resolve_backend(backend, has_kernel=False)  # validates the name; "kernel" raises
         x = ops._as_float_tensor(x, self.name)  # pylint: disable=protected-access
         constants, tensors, differentiable = _split_params(params)
@@ -820,7 +822,10 @@ class ParametricActivation(keras.layers.Layer):
             raise ValueError(f"trainable parameters of '{spec.name}' need a number as initial "
                              f"value; {param}={value!r} {why}")
         for param in self.trainable_params:
-            _check_trainable(spec, self.params, param)
+            if frameworks.active():
+                frameworks.check_trainable(spec, self.params, param)
+            else:
+                _check_trainable(spec, self.params, param)
         self._apply = spec.apply or functools.partial(apply_with_tensor_params, spec=spec)
         self.supports_masking = True
 
@@ -843,10 +848,10 @@ class ParametricActivation(keras.layers.Layer):
         values = dict(self.params)
         rank = len(inputs.shape)
         for name, weight in self.parameter_weights.items():
-            value = tf.cast(tf.convert_to_tensor(weight), inputs.dtype)
+            value = keras.ops.cast(weight, inputs.dtype)
             if self.axis is not None:
                 axis = self.axis % rank
-                value = tf.reshape(value, [-1] + [1] * (rank - 1 - axis))
+                value = keras.ops.reshape(value, [-1] + [1] * (rank - 1 - axis))
             values[name] = value
         return self._apply(inputs, params=values, backend=self.backend)
 

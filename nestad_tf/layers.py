@@ -4,7 +4,7 @@ from typing import Optional
 
 import keras
 
-from . import normalization, ops, registry, storage
+from . import frameworks, normalization, ops, registry, storage
 
 
 # Keyword arguments keras.layers.Layer itself accepts; everything else is an
@@ -88,8 +88,9 @@ class BatchNormActivation(keras.layers.BatchNormalization):
     `nestad_tf.normalization`). `nestad_tf.convert` fuses BatchNormalization
     layers followed by an activation into this layer.
 
-    With a mask, renorm=True or synchronized=True it runs as BatchNormalization
-    followed by the nestad activation (not fused).
+    With a mask, renorm=True or synchronized=True, and on the torch and JAX
+    backends of Keras, it runs as BatchNormalization followed by the nestad
+    activation (not fused).
 
     Args:
       activation: a name from `nestad_tf.available_activations()` (or alias).
@@ -117,7 +118,8 @@ class BatchNormActivation(keras.layers.BatchNormalization):
         self._spec = spec
 
     def call(self, inputs, training=None, mask=None):
-        if mask is not None or self.renorm or self.synchronized:
+        if mask is not None or self.renorm or self.synchronized or frameworks.active():
+            # torch / JAX: no fused normalization kernels there (nestad_tf.frameworks).
             normalized = super().call(inputs, training=training, mask=mask)
             return ops.keras_apply(normalized, self._spec, self.activation_params, self.backend)
         use_batch_statistics = bool(training) and self.trainable

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from . import _loader, _private_tf, registry, storage
+from . import _loader, _private_tf, frameworks, registry, storage
 
 BACKENDS = ("auto", "kernel", "tf")
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -522,6 +522,8 @@ def keras_apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
     Example:
       y = ops.keras_apply(x, registry.get("gelu"), {"approximate": False})
     """
+    if frameworks.active():  # Keras on torch or JAX: the same method on their tensors
+        return frameworks.apply(x, spec, params, backend, derivative)
     explicit_kernel = backend == "kernel" or (backend is None and _backend_stack()[-1:] == ["kernel"])
     if spec.apply is None and not explicit_kernel and inference_graph():
         return _in_compute_dtype(lambda t: spec.reference(t, **params),
@@ -534,8 +536,9 @@ def activation(x, name: str, *, backend: Optional[str] = None, derivative: str =
     """Applies the activation `name` to `x`, keeping only f'(x) for the backward pass.
 
     Args:
-      x: a float16, bfloat16, float32 or float64 tensor (or a symbolic Keras tensor,
-        in which case a `nestad_tf.layers.Activation` layer is applied).
+      x: a float16, bfloat16, float32 or float64 tensor of the Keras backend's framework
+        (TensorFlow, torch or JAX: see `nestad_tf.frameworks`), or a symbolic Keras
+        tensor, in which case a `nestad_tf.layers.Activation` layer is applied.
       name: an activation from `nestad_tf.available_activations()` (or an alias such
         as "swish" or "hard_swish").
       backend: "auto" (fused kernel when usable, else pure TF), "kernel" or "tf";
@@ -559,6 +562,8 @@ def activation(x, name: str, *, backend: Optional[str] = None, derivative: str =
 
         return layers.Activation(spec.name, backend=backend or "auto", derivative=derivative,
                                  **bound)(x)
+    if frameworks.active():
+        return frameworks.apply(x, spec, bound, backend, derivative)
     return apply_spec(x, spec, bound, backend, derivative)
 
 

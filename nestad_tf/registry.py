@@ -192,6 +192,7 @@ def builtin_specs() -> List[ActivationSpec]:
 # --- the built-in activations: every element-wise function of keras.activations ---
 
 _A = keras.activations
+_K = keras.ops
 
 
 def _no_params(kernel_name):
@@ -224,23 +225,25 @@ def is_tensor_param(value) -> bool:
 # Tensor-parameter forms of the Keras references that branch on parameter values in
 # Python (keras.activations.elu/leaky_relu/relu). Same values and derivatives
 # (one-sided ones at the kinks, as Keras picks them): tests/test_tensor_params.py.
+# Written with keras.ops, so that they run on every Keras backend.
 def _elu_tensor_reference(x, alpha=1.0):
-    return tf.where(x > 0, x, alpha * tf.math.expm1(tf.minimum(x, 0)))
+    return _K.where(x > 0, x, alpha * _K.expm1(_K.minimum(x, 0)))
 
 
 def _leaky_relu_tensor_reference(x, negative_slope=0.2):
-    return tf.where(x > 0, x, negative_slope * x)
+    return _K.where(x > 0, x, negative_slope * x)
 
 
 def _relu_tensor_reference(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    y = tf.where(x > threshold, x, tf.zeros_like(x))
+    y = _K.where(x > threshold, x, _K.zeros_like(x))
     if max_value is not None:
-        y = tf.minimum(y, max_value)
-    below = tf.minimum(x - threshold, 0)
+        y = _K.minimum(y, max_value)
+    below = _K.minimum(x - threshold, 0)
     # 0 * -inf would be NaN where Keras gives 0 (slope 0 at x = -inf).
-    zero_times_inf = (negative_slope == 0) & tf.math.is_inf(x)
-    y += tf.where((x <= threshold) & ~zero_times_inf, negative_slope * below, tf.zeros_like(x))
-    return tf.where(tf.math.is_nan(x), x, y)
+    zero_times_inf = _K.logical_and(_K.equal(negative_slope, 0), _K.isinf(x))
+    keep = _K.logical_and(x <= threshold, _K.logical_not(zero_times_inf))
+    y = y + _K.where(keep, negative_slope * below, _K.zeros_like(x))
+    return _K.where(_K.isnan(x), x, y)
 
 
 # Parameter checks mirror the kernels' Check() (kernels/activations/*.h) so that both

@@ -1,0 +1,236 @@
+// A C interface to nestad's CPU element loops, for frameworks other than
+// TensorFlow (Keras 3 on torch: nestad_tf/_torch.py calls it with ctypes on
+// the tensors' memory). The same loops (cpu_loops.h) as the TF kernels and the
+// XLA FFI handlers, so results are bit-identical to them; attributes are
+// validated by the same functions (ResolveActivation, MakeQuantizer,
+// DerivativeFromOutputError).
+//
+// Every function returns 0, or 1 after writing what is wrong (NUL-terminated,
+// at most error_size bytes) to `error`. Tensors are contiguous arrays of n
+// elements of `dtype` (kDtype* below); `threads` is how many threads may run
+// the loops (the caller's intra-op thread count).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "Eigen/Core"
+#include "cpu_loops.h"
+
+namespace nestad {
+namespace {
+
+constexpr int kDtypeFloat16 = 0;
+constexpr int kDtypeBfloat16 = 1;
+constexpr int kDtypeFloat32 = 2;
+constexpr int kDtypeFloat64 = 3;
+
+// The parallel_for of cpu_loops.h on up to `threads` std::threads (this one
+// included), each taking a contiguous range of blocks.
+class ThreadParallelFor {
+ public:
+  explicit ThreadParallelFor(int threads) : threads_(std::max(1, threads)) {}
+
+  template <typename Fn>
+  void operator()(int64_t num_blocks, int64_t cost_per_block, Fn fn) const {
+    // ~1M cycles of work per thread at least: a thread start costs ~10-50k.
+    constexpr int64_t kMinCostPerThread = 1000000;
+    const int64_t by_cost = std::max<int64_t>(1, num_blocks * cost_per_block / kMinCostPerThread);
+    const int64_t tasks = std::min<int64_t>({threads_, by_cost, num_blocks});
+    if (tasks <= 1) {
+      fn(0, num_blocks);
+      return;
+    }
+    std::vector<std::thread> workers;
+    workers.reserve(tasks - 1);
+    for (int64_t t = 1; t < tasks; ++t) {
+      workers.emplace_back([&fn, t, tasks, num_blocks] {
+        fn(num_blocks * t / tasks, num_blocks * (t + 1) / tasks);
+      });
+    }
+    fn(0, num_blocks / tasks);
+    for (std::thread& worker : workers) worker.join();
+  }
+
+ private:
+  int threads_;
+};
+
+int Fail(const std::string& message, char* error, int64_t error_size) {
+  if (error != nullptr && error_size > 0) {
+    const size_t n = std::min<size_t>(message.size(), static_cast<size_t>(error_size - 1));
+    std::memcpy(error, message.data(), n);
+    error[n] = '\0';
+  }
+  return 1;
+}
+
+// Calls fn(S()) for the storage type S of dtype; false for an unknown dtype.
+template <typename Fn>
+bool ForDtype(int dtype, Fn fn) {
+  switch (dtype) {
+    case kDtypeFloat16:
+      fn(Eigen::half());
+      return true;
+    case kDtypeBfloat16:
+      fn(Eigen::bfloat16());
+      return true;
+    case kDtypeFloat32:
+      fn(float());
+      return true;
+    case kDtypeFloat64:
+      fn(double());
+      return true;
+    default:
+      return false;
+  }
+}
+
+constexpr const char kBadDtype[] = "dtype must be float16, bfloat16, float32 or float64";
+
+// Validates an activation and its parameters; "" or what is wrong.
+std::string Resolve(const char* activation, const float* params, int num_params, Kind* kind,
+                    std::vector<float>* values) {
+  if (activation == nullptr || num_params < 0) return "no activation name";
+  values->assign(params, params + num_params);
+  return ResolveActivation(activation, *values, kind);
+}
+
+std::string Quantize(const char* format, int bits, const float* breakpoints, int num_breakpoints,
+                     const float* levels, int num_levels, const float* range, int num_range,
+                     Quantizer* q) {
+  if (format == nullptr || num_breakpoints < 0 || num_levels < 0 || num_range < 0) {
+    return "no derivative format";
+  }
+  return MakeQuantizer(format, bits, {breakpoints, breakpoints + num_breakpoints},
+                       {levels, levels + num_levels}, {range, range + num_range}, q);
+}
+
+}  // namespace
+}  // namespace nestad
+
+#define NESTAD_C_API extern "C" __attribute__((visibility("default")))
+
+// y = f(x), d = f'(x) (FusedActivation).
+NESTAD_C_API int nestad_fused_forward(const char* activation, const float* params, int num_params,
+                                      int dtype, const void* x, void* y, void* d, int64_t n,
+                                      int threads, char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  if (std::string e = Resolve(activation, params, num_params, &kind, &values); !e.empty()) {
+    return Fail(e, error, error_size);
+  }
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunFusedForward(ThreadParallelFor(threads), kind, values.data(), static_cast<const S*>(x),
+                    static_cast<S*>(y), static_cast<S*>(d), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// dx = dy * d (FusedActivationGrad).
+NESTAD_C_API int nestad_fused_backward(int dtype, const void* dy, const void* d, void* dx,
+                                       int64_t n, int threads, char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunFusedBackward(ThreadParallelFor(threads), static_cast<const S*>(dy),
+                     static_cast<const S*>(d), static_cast<S*>(dx), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// y = f(x) alone (ActivationForward).
+NESTAD_C_API int nestad_forward_only(const char* activation, const float* params, int num_params,
+                                     int dtype, const void* x, void* y, int64_t n, int threads,
+                                     char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  if (std::string e = Resolve(activation, params, num_params, &kind, &values); !e.empty()) {
+    return Fail(e, error, error_size);
+  }
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunForwardOnly(ThreadParallelFor(threads), kind, values.data(), static_cast<const S*>(x),
+                   static_cast<S*>(y), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// dx = dy * f'(x), f' recomputed from y (ActivationGradFromOutput).
+NESTAD_C_API int nestad_backward_from_output(const char* activation, const float* params,
+                                             int num_params, int dtype, const void* dy,
+                                             const void* y, void* dx, int64_t n, int threads,
+                                             char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  std::string e = Resolve(activation, params, num_params, &kind, &values);
+  if (e.empty()) e = DerivativeFromOutputError(kind, values.data());
+  if (!e.empty()) return Fail(e, error, error_size);
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunBackwardFromOutput(ThreadParallelFor(threads), kind, values.data(),
+                          static_cast<const S*>(dy), static_cast<const S*>(y),
+                          static_cast<S*>(dx), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// Bytes of packed codes for n elements at `bits` bits (what `code` must hold).
+NESTAD_C_API int64_t nestad_packed_bytes(int64_t n, int bits) {
+  return nestad::PackedBytes(n, bits);
+}
+
+// y = f(x), f'(x) packed into nestad_packed_bytes(n, bits) codes (FusedActivationQuantized).
+NESTAD_C_API int nestad_quantized_forward(const char* activation, const float* params,
+                                          int num_params, const char* format, int bits,
+                                          const float* breakpoints, int num_breakpoints,
+                                          const float* levels, int num_levels, const float* range,
+                                          int num_range, int dtype, const void* x, void* y,
+                                          void* code, int64_t n, int threads, char* error,
+                                          int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  Quantizer q;
+  std::string e = Resolve(activation, params, num_params, &kind, &values);
+  if (e.empty()) {
+    e = Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels, range, num_range,
+                 &q);
+  }
+  if (!e.empty()) return Fail(e, error, error_size);
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunQuantizedForward(ThreadParallelFor(threads), kind, values.data(), q,
+                        static_cast<const S*>(x), static_cast<S*>(y),
+                        static_cast<uint8_t*>(code), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// dx = dy * f'(x), f' decoded from the packed codes (ActivationGradQuantized).
+NESTAD_C_API int nestad_quantized_backward(const char* format, int bits, const float* breakpoints,
+                                           int num_breakpoints, const float* levels,
+                                           int num_levels, const float* range, int num_range,
+                                           int dtype, const void* dy, const void* code, void* dx,
+                                           int64_t n, int threads, char* error,
+                                           int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Quantizer q;
+  if (std::string e = Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels,
+                               range, num_range, &q);
+      !e.empty()) {
+    return Fail(e, error, error_size);
+  }
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    RunQuantizedBackward(ThreadParallelFor(threads), q, static_cast<const S*>(dy),
+                         static_cast<const uint8_t*>(code), static_cast<S*>(dx), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}

@@ -1,0 +1,255 @@
+"""nestad on JAX (Keras 3's jax backend): a `jax.custom_vjp` whose only residual is f'.
+
+    primal:   y = f(x)                      (no gradient asked for: no f')
+    forward:  y, d = f(x), f'(x)            residual: d alone
+    backward: dx = dy * d
+
+The kernels are XLA FFI custom calls (`jax.ffi.ffi_call`) to the same Host
+handlers that TensorFlow's XLA lowering calls (kernels/xla_cpu_ffi.cc), so a
+`jax.jit`-compiled step runs the same CPU loops as TensorFlow; they exist only
+where nestad was built with XLA's headers, and on the CPU platform. Elsewhere
+the pure path: jax.jvp of the Keras definition (XLA fuses it).
+
+Same primitives as torch_backend.py.
+"""
+
+import ctypes
+import functools
+from typing import Callable, Dict, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NAME = "jax"
+
+_FLOAT = ("float16", "bfloat16", "float32", "float64")
+_TARGETS = (
+    "nestad_fused_activation", "nestad_fused_activation_grad", "nestad_activation_forward",
+    "nestad_activation_grad_from_output", "nestad_fused_activation_quantized",
+    "nestad_activation_grad_quantized",
+)
+
+
+def is_tensor(value) -> bool:
+    return isinstance(value, (jax.Array, jax.core.Tracer))
+
+
+def dtype_name(x) -> str:
+    return np.dtype(x.dtype).name
+
+
+def as_float(x, name: str):
+    """x as a JAX array of a floating dtype; TypeError otherwise."""
+    if not is_tensor(x):
+        import keras  # pylint: disable=g-import-not-at-top
+        x = keras.ops.convert_to_tensor(x)
+    if dtype_name(x) not in _FLOAT:
+        raise TypeError(f"nestad activation '{name}' needs a floating-point tensor (float16, "
+                        f"bfloat16, float32 or float64), got {dtype_name(x)}")
+    return x
+
+
+def cast(x, dtype):
+    return jnp.asarray(x).astype(dtype)
+
+
+def detach(x):
+    return jax.lax.stop_gradient(x)
+
+
+def constant(array: np.ndarray):
+    return jnp.asarray(array)
+
+
+def to_numpy(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x.astype(np.float64 if x.dtype == np.float64 else np.float32)
+
+
+def _compute_dtype(dtype):
+    return jnp.float64 if np.dtype(dtype) == np.float64 else jnp.float32
+
+
+def in_compute_dtype(fn: Callable, x):
+    return jnp.asarray(fn(x.astype(_compute_dtype(x.dtype)))).astype(x.dtype)
+
+
+def multiply(dy, d):
+    return dy * d
+
+
+def jvp(fn: Callable, x, tangent):
+    return jax.jvp(fn, (x,), (tangent,))[1]
+
+
+def forward_ad(fn: Callable, x, params: Sequence = ()):
+    """(fn(x, *params), dfn/dx, dfn/dparam...) by forward-mode AD (jax.jvp), x-shaped each."""
+    compute = _compute_dtype(x.dtype)
+    xc = x.astype(compute)
+    values = [jnp.broadcast_to(jnp.asarray(p).astype(compute), xc.shape) for p in params]
+    ones = jnp.ones_like(xc)
+    y, d = jax.jvp(lambda t: fn(t, *values), (xc,), (ones,))
+    partials = []
+    for i in range(len(values)):
+        def along(value, i=i):
+            return fn(xc, *values[:i], value, *values[i + 1:])
+
+        partials.append(jax.jvp(along, (values[i],), (ones,))[1])
+    y, d = jnp.broadcast_to(y, xc.shape), jnp.broadcast_to(d, xc.shape)
+    return (y.astype(x.dtype), d.astype(x.dtype)) + tuple(p.astype(x.dtype) for p in partials)
+
+
+def with_saved(x, forward, backward, primal):
+    """y = primal(x); under differentiation forward(x) = (y, kept) and dx = backward(dy, kept)."""
+
+    @jax.custom_vjp
+    def activation(t):
+        return primal(t)
+
+    def forward_rule(t):
+        return forward(t)
+
+    def backward_rule(kept, dy):
+        return (backward(dy, kept),)
+
+    activation.defvjp(forward_rule, backward_rule)
+    return activation(x)
+
+
+def with_saved_partials(x, thetas: List, forward, primal):
+    """Like with_saved, also differentiating the tensor parameters `thetas`."""
+    shapes = [jnp.shape(t) for t in thetas]
+
+    @jax.custom_vjp
+    def activation(t, *values):
+        return primal(t, *values)
+
+    def forward_rule(t, *values):
+        y, d, *partials = forward(t, *values)
+        return y, (d, partials)
+
+    def backward_rule(kept, dy):
+        d, partials = kept
+        return (dy * d,) + tuple(_sum_to_shape(dy * p, s).astype(p.dtype)
+                                 for p, s in zip(partials, shapes))
+
+    activation.defvjp(forward_rule, backward_rule)
+    return activation(x, *thetas)
+
+
+def _sum_to_shape(t, shape):
+    extra = t.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, size in enumerate(shape)
+                                        if size == 1 and t.shape[extra + i] != 1)
+    return jnp.sum(t, axis=axes).reshape(shape) if axes else t.reshape(shape)
+
+
+# --- the fused kernels, as XLA FFI custom calls ---
+
+
+@functools.lru_cache(maxsize=None)
+def _register_targets() -> str:
+    """Registers the Host handlers with jax.ffi; "" or why they cannot be."""
+    from .. import _loader  # pylint: disable=g-import-not-at-top
+    library = _loader.load()
+    if not library.xla:
+        return f"the kernel library has no XLA FFI handlers ({library.xla_reason})"
+    lookup = ctypes.CDLL(library.path).nestad_xla_ffi_host_handler
+    lookup.argtypes, lookup.restype = [ctypes.c_char_p], ctypes.c_void_p
+    handler_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+    for target in _TARGETS:
+        address = lookup(target.encode())
+        if not address:
+            return f"the kernel library has no handler for {target}"
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler_type(address)),
+                                    platform="cpu")
+    return ""
+
+
+def kernel_unavailable(x, library):
+    """Why the kernels cannot run for x, or None."""
+    del x
+    if jax.default_backend() != "cpu":
+        return f"JAX runs on {jax.default_backend()} and the JAX kernels are CPU-only"
+    return _register_targets() or None
+
+
+def _bits(values) -> np.ndarray:
+    """Floats as the bit patterns of their float32 values (how the handlers take them)."""
+    return np.asarray([float(v) for v in values], np.float32).view(np.int32)
+
+
+def _call(target: str, results, *operands, **attributes):
+    return jax.ffi.ffi_call(target, results, vmap_method="broadcast_all")(*operands, **attributes)
+
+
+def _like(x):
+    return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype)
+
+
+def fused_forward(x, kernel_name: str, kernel_params: List[float]):
+    return tuple(_call("nestad_fused_activation", (_like(x), _like(x)), x,
+                       activation=kernel_name, params=_bits(kernel_params)))
+
+
+def fused_backward(dy, d):
+    return _call("nestad_fused_activation_grad", _like(d), dy.astype(d.dtype), d)
+
+
+def forward_only(x, kernel_name: str, kernel_params: List[float]):
+    return _call("nestad_activation_forward", _like(x), x, activation=kernel_name,
+                 params=_bits(kernel_params))
+
+
+def backward_from_output(dy, y, kernel_name: str, kernel_params: List[float]):
+    return _call("nestad_activation_grad_from_output", _like(y), dy.astype(y.dtype), y,
+                 activation=kernel_name, params=_bits(kernel_params))
+
+
+def _quantizer(quantizer: Dict) -> Dict:
+    return dict(format=quantizer["format"], bits=np.int32(quantizer["bits"]),
+                breakpoints=_bits(quantizer["breakpoints"]), levels=_bits(quantizer["levels"]),
+                range=_bits(quantizer["range"]))
+
+
+def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer: Dict):
+    """(y, codes): f'(x) packed into uint8 codes of quantizer["bits"] bits per element."""
+    n = int(np.prod(jnp.shape(x), dtype=np.int64))
+    code = jax.ShapeDtypeStruct(((n + 7) // 8 * int(quantizer["bits"]),), jnp.uint8)
+    return tuple(_call("nestad_fused_activation_quantized", (_like(x), code), x,
+                       activation=kernel_name, params=_bits(kernel_params),
+                       **_quantizer(quantizer)))
+
+
+def quantized_backward(dy, code, quantizer: Dict):
+    return _call("nestad_activation_grad_quantized", _like(dy), dy, code, **_quantizer(quantizer))
+
+
+def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
+    """d sum(fn(x, v)) / dv at v = value (a scalar); a Python branch on v raises TypeError."""
+    return np.asarray(jax.grad(lambda v: jnp.sum(fn(jnp.asarray(x), v)))(jnp.float32(value)))
+
+
+# --- what a function keeps for its backward pass ---
+
+
+def saved_tensors(function: Callable, dtype_name: str, nestad: bool):
+    """(roles, bytes per element of the input beyond y): the residuals of function's VJP."""
+    n = 4096
+    x = jnp.linspace(-3, 3, n).astype(dtype_name)
+    y, vjp = jax.vjp(function, x)
+    roles, size = [], 0.0
+    for leaf in jax.tree_util.tree_leaves(vjp):
+        if not hasattr(leaf, "dtype") or leaf.size * leaf.dtype.itemsize < n:
+            continue
+        if leaf is x or (leaf.shape == x.shape and bool(jnp.array_equal(leaf, x))):
+            role = "x"
+        elif leaf.shape == y.shape and bool(jnp.array_equal(leaf, y, equal_nan=True)):
+            role = "y"
+        else:
+            role = "f'(x)" if nestad else "saved"
+        roles.append(role)
+        if role != "y":
+            size += leaf.size * leaf.dtype.itemsize / n
+    return tuple(sorted(roles, key=lambda r: (r not in ("x", "y"), r))), size

@@ -1,0 +1,328 @@
+"""nestad on PyTorch (Keras 3's torch backend): a `torch.autograd.Function` that saves only f'.
+
+    y, d = forward(x)          # one pass: the fused C++ loops, or torch.func.jvp
+    ctx.save_for_backward(d)   # the only tensor the eager autograd graph keeps
+    dx = dy * d                # backward
+
+The kernels are the CPU loops of kernels/ (cpu_loops.h) called through their C
+interface (kernels/c_api.cc) on the tensors' memory, with torch's intra-op
+thread count; CUDA tensors take the pure path (there are no torch CUDA kernels).
+A second-order gradient through these functions raises (`once_differentiable`):
+f' is kept, not x.
+
+The primitives here are the ones `nestad_tf.frameworks` calls; jax_backend.py
+has the same set.
+"""
+
+import ctypes
+import functools
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+NAME = "torch"
+
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+_FLOAT = tuple(_DTYPE_CODES)
+
+
+def is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def dtype_name(x) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def as_float(x, name: str) -> torch.Tensor:
+    """x as a torch tensor of a floating dtype; TypeError otherwise."""
+    if not isinstance(x, torch.Tensor):
+        import keras  # pylint: disable=g-import-not-at-top
+        x = keras.ops.convert_to_tensor(x)
+    if x.dtype not in _FLOAT:
+        raise TypeError(f"nestad activation '{name}' needs a floating-point tensor (float16, "
+                        f"bfloat16, float32 or float64), got {dtype_name(x)}")
+    return x
+
+
+def cast(x, dtype) -> torch.Tensor:
+    return x.to(dtype)
+
+
+def detach(x) -> torch.Tensor:
+    return x.detach()
+
+
+def constant(array: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(array)
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).cpu().numpy()
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def in_compute_dtype(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+    """fn(x) in float32 (half types) or float64, cast back to x's dtype."""
+    return torch.as_tensor(fn(x.to(_compute_dtype(x.dtype)))).to(x.dtype)
+
+
+def multiply(dy, d):
+    return dy * d
+
+
+def jvp(fn: Callable, x: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+    """The Jacobian-vector product of fn at x along tangent (torch.func.jvp)."""
+    return torch.func.jvp(fn, (x,), (tangent,))[1]
+
+
+def forward_ad(fn: Callable, x: torch.Tensor, params: Sequence[torch.Tensor] = ()):
+    """(fn(x, *params), dfn/dx, dfn/dparam...) of an element-wise fn by forward-mode AD.
+
+    One unit tangent per input through torch.func.jvp; every derivative is
+    x-shaped (a parameter's partial at each element it broadcasts to). Half
+    types are computed in float32 and cast back.
+    """
+    compute = _compute_dtype(x.dtype)
+    with torch.no_grad():
+        xc = x.detach().to(compute)
+        values = [p.detach().to(compute).expand_as(xc) for p in params]
+        ones = torch.ones_like(xc)
+        y, d = torch.func.jvp(lambda t: fn(t, *values), (xc,), (ones,))
+        partials = []
+        for i in range(len(values)):
+            def along(value, i=i):
+                return fn(xc, *values[:i], value, *values[i + 1:])
+
+            partials.append(torch.func.jvp(along, (values[i],), (ones,))[1])
+        y = torch.as_tensor(y).expand_as(xc)
+    return (y.to(x.dtype), d.expand_as(xc).to(x.dtype)) + tuple(p.to(x.dtype) for p in partials)
+
+
+class _SavedDerivative(torch.autograd.Function):
+    """y = forward(x)[0]; saves forward(x)[1] only; dx = backward(dy, kept)."""
+
+    @staticmethod
+    def forward(ctx, x, forward, backward):  # pylint: disable=arguments-differ
+        y, kept = forward(x.detach())
+        ctx.backward = backward
+        ctx.save_for_backward(kept)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):  # pylint: disable=arguments-differ
+        (kept,) = ctx.saved_tensors
+        return ctx.backward(dy.contiguous(), kept), None, None
+
+
+class _SavedPartials(torch.autograd.Function):
+    """y = forward(x, *thetas)[0]; saves f' and one x-shaped partial per theta."""
+
+    @staticmethod
+    def forward(ctx, x, forward, *thetas):  # pylint: disable=arguments-differ
+        y, d, *partials = forward(x.detach(), *[t.detach() for t in thetas])
+        ctx.shapes = [t.shape for t in thetas]
+        ctx.save_for_backward(d, *partials)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):  # pylint: disable=arguments-differ
+        d, *partials = ctx.saved_tensors
+        return (dy * d, None) + tuple(_sum_to_shape(dy * p, s)
+                                      for p, s in zip(partials, ctx.shapes))
+
+
+def _sum_to_shape(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sums t over the axes along which a tensor of `shape` was broadcast to t's shape."""
+    while t.dim() > len(shape):
+        t = t.sum(0)
+    axes = [i for i, size in enumerate(shape) if size == 1 and t.shape[i] != 1]
+    return t.sum(axes, keepdim=True) if axes else t
+
+
+def _needs_gradient(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def with_saved(x, forward, backward, primal):
+    """y = forward(x)[0] with a backward pass that keeps only forward(x)[1].
+
+    Without a gradient to compute (torch.no_grad, or x needs none), y = primal(x).
+    """
+    if not _needs_gradient(x):
+        return primal(x.detach())
+    return _SavedDerivative.apply(x, forward, backward)
+
+
+def with_saved_partials(x, thetas: List[torch.Tensor], forward, primal):
+    """Like with_saved, also differentiating the tensor parameters `thetas`."""
+    if not _needs_gradient(x, *thetas):
+        return primal(x.detach(), *[t.detach() for t in thetas])
+    return _SavedPartials.apply(x, forward, *thetas)
+
+
+# --- the fused kernels, through kernels/c_api.cc ---
+
+
+def kernel_unavailable(x, library):
+    """Why the kernels cannot run on x, or None."""
+    if x.device.type != "cpu":
+        return f"the tensor is on {x.device} and the torch kernels are CPU-only"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _c_api():
+    from .. import _loader  # pylint: disable=g-import-not-at-top
+    lib = ctypes.CDLL(_loader.load().path)
+    p, i, i64, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
+    s, err = ctypes.c_char_p, [ctypes.c_char_p, i64]
+    signatures = {
+        "nestad_fused_forward": [s, f, i, i, p, p, p, i64, i] + err,
+        "nestad_fused_backward": [i, p, p, p, i64, i] + err,
+        "nestad_forward_only": [s, f, i, i, p, p, i64, i] + err,
+        "nestad_backward_from_output": [s, f, i, i, p, p, p, i64, i] + err,
+        "nestad_quantized_forward": [s, f, i, s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
+        "nestad_quantized_backward": [s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
+    }
+    for name, argtypes in signatures.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = ctypes.c_int
+    lib.nestad_packed_bytes.argtypes = [i64, i]
+    lib.nestad_packed_bytes.restype = i64
+    return lib
+
+
+def _floats(values) -> tuple:
+    array = (ctypes.c_float * max(1, len(values)))(*values)
+    return array, len(values)
+
+
+def _run(function: str, *args) -> None:
+    error = ctypes.create_string_buffer(512)
+    if getattr(_c_api(), function)(*args, torch.get_num_threads(), error, len(error)):
+        raise ValueError(f"nestad kernel ({function}): {error.value.decode()}")
+
+
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().contiguous()
+
+
+def fused_forward(x, kernel_name: str, kernel_params: List[float]):
+    x = _contiguous(x)
+    y, d = torch.empty_like(x), torch.empty_like(x)
+    params, count = _floats(kernel_params)
+    _run("nestad_fused_forward", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
+         x.data_ptr(), y.data_ptr(), d.data_ptr(), x.numel())
+    return y, d
+
+
+def fused_backward(dy, d):
+    dy, d = _contiguous(dy).to(d.dtype), _contiguous(d)
+    dx = torch.empty_like(d)
+    _run("nestad_fused_backward", _DTYPE_CODES[d.dtype], dy.data_ptr(), d.data_ptr(),
+         dx.data_ptr(), d.numel())
+    return dx
+
+
+def forward_only(x, kernel_name: str, kernel_params: List[float]):
+    x = _contiguous(x)
+    y = torch.empty_like(x)
+    params, count = _floats(kernel_params)
+    _run("nestad_forward_only", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
+         x.data_ptr(), y.data_ptr(), x.numel())
+    return y
+
+
+def backward_from_output(dy, y, kernel_name: str, kernel_params: List[float]):
+    dy, y = _contiguous(dy).to(y.dtype), _contiguous(y)
+    dx = torch.empty_like(y)
+    params, count = _floats(kernel_params)
+    _run("nestad_backward_from_output", kernel_name.encode(), params, count,
+         _DTYPE_CODES[y.dtype], dy.data_ptr(), y.data_ptr(), dx.data_ptr(), y.numel())
+    return dx
+
+
+def _quantizer_args(quantizer: Dict) -> list:
+    args = [quantizer["format"].encode(), int(quantizer["bits"])]
+    for key in ("breakpoints", "levels", "range"):
+        args += list(_floats([float(v) for v in quantizer[key]]))
+    return args
+
+
+def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer: Dict):
+    """(y, codes): f'(x) packed into uint8 codes of quantizer["bits"] bits per element."""
+    x = _contiguous(x)
+    y = torch.empty_like(x)
+    code = torch.empty(int(_c_api().nestad_packed_bytes(x.numel(), int(quantizer["bits"]))),
+                       dtype=torch.uint8)
+    params, count = _floats(kernel_params)
+    _run("nestad_quantized_forward", kernel_name.encode(), params, count,
+         *_quantizer_args(quantizer), _DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(),
+         code.data_ptr(), x.numel())
+    return y, code
+
+
+def quantized_backward(dy, code, quantizer: Dict):
+    dy = _contiguous(dy)
+    dx = torch.empty_like(dy)
+    _run("nestad_quantized_backward", *_quantizer_args(quantizer), _DTYPE_CODES[dy.dtype],
+         dy.data_ptr(), code.data_ptr(), dx.data_ptr(), dy.numel())
+    return dx
+
+
+def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
+    """d sum(fn(x, v)) / dv at v = value (a scalar tensor), or None where fn does not use v."""
+    v = torch.tensor(value, dtype=torch.float32, requires_grad=True)
+    with torch.enable_grad():
+        y = torch.as_tensor(fn(torch.as_tensor(x), v))
+        if not y.requires_grad:
+            return None
+        (gradient,) = torch.autograd.grad(y.sum(), v, allow_unused=True)
+    return None if gradient is None else gradient.detach().numpy()
+
+
+# --- what a function keeps for its backward pass ---
+
+
+def saved_tensors(function: Callable, dtype_name: str, nestad: bool):
+    """(roles, bytes per element of the input beyond y) that autograd saves for function.
+
+    Counted with torch.autograd.graph.saved_tensors_hooks on a probe of 4096
+    elements; tensors smaller than the probe (scalars, shapes) are not counted.
+    """
+    n = 4096
+    dtype = getattr(torch, dtype_name)
+    x = torch.linspace(-3, 3, n, dtype=dtype).requires_grad_(True)
+    source = x * 1  # a non-leaf, as inside a model
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = function(source)
+    roles, size = [], 0.0
+    seen = set()
+    for t in saved:
+        if t.numel() * t.element_size() < n or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        if t.data_ptr() == source.data_ptr():
+            role = "x"
+        elif t.data_ptr() == y.data_ptr():
+            role = "y"
+        else:
+            role = "f'(x)" if nestad else "saved"
+        roles.append(role)
+        if role != "y":
+            size += t.numel() * t.element_size() / n
+    return tuple(sorted(roles, key=lambda r: (r not in ("x", "y"), r))), size
