@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from . import activations as _activations
 from . import layers as _layers
-from . import _loader, ops, registry, storage
+from . import _loader, frameworks, ops, registry, storage
 
 _PROBE_ELEMENTS = 1001  # odd and large: packed f' codes (a few bits each) stay far above
 _MIN_SAVED_ELEMENTS = 16  # the size of any shape, index or scalar tensor
@@ -74,9 +74,13 @@ def _source(tensor):
 
 @functools.lru_cache(maxsize=None)
 def _saved_for_backward_cached(name, params_items, dtype_name, implementation, backend,
-                               derivative="exact"):
+                               derivative="exact", framework=None):
     spec = registry.get(name)
     params = dict(params_items)
+    if framework is not None:  # Keras on torch / JAX: measured on that framework
+        roles, size = frameworks.saved_for_backward(spec, params, dtype_name, implementation,
+                                                    backend, derivative)
+        return SavedTensors(roles, int(size) if float(size).is_integer() else size)
     dtype = tf.as_dtype(dtype_name)
     if implementation == "keras":
         def function(x):
@@ -125,6 +129,9 @@ def saved_for_backward(activation: str, params: Optional[Dict[str, Any]] = None,
     forward tensor that a backward op reads (ops that only read a shape
     excluded) is listed with its byte size. Grappler may still fuse or drop a
     few at run time; the table is what TensorFlow's registered gradients ask for.
+    On the torch and JAX backends of Keras it is measured on that framework
+    (the tensors autograd saves, the VJP's residuals: `nestad_tf.frameworks`),
+    whose own activations keep other things (torch's gelu keeps only x).
 
     Args:
       activation: a registered activation name (`nestad_tf.available_activations()`).
@@ -148,7 +155,7 @@ def saved_for_backward(activation: str, params: Optional[Dict[str, Any]] = None,
     storage.check_mode(derivative)
     return _saved_for_backward_cached(
         spec.name, tuple(sorted(bound.items())), tf.as_dtype(dtype).name, implementation, backend,
-        derivative
+        derivative, frameworks.active()
     )
 
 
@@ -445,7 +452,8 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
     dtype = _compute_dtype_name(layer)
     elements = _elements_per_sample(layer)
     keras_saved = nestad_saved = None
-    fused = fused or isinstance(layer, _layers.BatchNormActivation)
+    # On torch / JAX a BatchNormActivation runs unfused (no fused kernels there).
+    fused = fused or (isinstance(layer, _layers.BatchNormActivation) and not frameworks.active())
     if found.spec is not None and found.reason is None:
         keras_saved = saved_for_backward(found.spec.name, found.params, dtype, "keras")
         nestad_saved = (SavedTensors((), 0) if fused else
@@ -478,8 +486,8 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
 def _xla_form(layer, found: _Found) -> Optional[str]:
     """What a nestad activation keeps under XLA where that differs from graph mode."""
     holder = layer if found.kind == "layer" else getattr(layer, "activation", None)
-    if not getattr(holder, "after_normalization", False):
-        return None
+    if frameworks.active() or not getattr(holder, "after_normalization", False):
+        return None  # (TensorFlow's XLA only)
     return ("keeps nothing: x is a normalization's output, and the backward pass recomputes "
             "x and f'(x) from the normalization's input (kept anyway) in ops XLA fuses")
 
@@ -646,7 +654,7 @@ def memory_report(model, *, backend: str = "auto", derivative: str = "exact") ->
     """
     entries = []
     notes = []
-    candidates = _fusion_candidates(model)
+    candidates = {} if frameworks.active() else _fusion_candidates(model)
     for path, layer, _ in _walk(model):
         found = _identify(layer)
         if found is None:
@@ -821,7 +829,7 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
             layers: Optional[Iterable[str]] = None, exclude_layers: Iterable[str] = (),
             backend: str = "auto", derivative: str = "exact", verbose: bool = False,
             replace_with: Optional[Callable[[str, Dict[str, Any]], Callable]] = None,
-            fuse_normalization: bool = True) -> keras.Model:
+            fuse_normalization: Optional[bool] = None) -> keras.Model:
     """Returns a copy of `model` whose element-wise activations keep only f'(x) for backprop.
 
     Replaces `keras.layers.Activation`, `ReLU`, `LeakyReLU` and `ELU` layers by
@@ -873,7 +881,8 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         it); the benchmark builds its recomputed and identity baselines with it. Default
         None: nestad activations (and no fusion).
       fuse_normalization: fuse BatchNormalization + activation (above); False keeps them
-        as two layers.
+        as two layers. None (default): True on the TensorFlow backend of Keras, False on
+        torch and JAX, which have no fused normalization kernels (True there is a ValueError).
 
     Returns:
       The new Keras model.
@@ -885,6 +894,13 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     """
     ops._check_backend_name(backend)  # pylint: disable=protected-access
     storage.check_mode(derivative)
+    if fuse_normalization is None:
+        fuse_normalization = not frameworks.active()
+    elif fuse_normalization and frameworks.active():
+        raise ValueError(
+            f"fuse_normalization=True: nestad has no fused BatchNormalization + activation on "
+            f"Keras' {frameworks.active()} backend (TensorFlow only); pass fuse_normalization=False "
+            "or leave it unset")
     include = _canonical(include, "include")
     exclude = _canonical(exclude, "exclude") or frozenset()
     layer_patterns = None if layers is None else (
