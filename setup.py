@@ -282,6 +282,9 @@ setup(
     # TensorFlow itself is not listed: `tensorflow` and `tensorflow-cpu` are
     # different distributions and either one works; see requirements.txt.
     install_requires=["keras>=3.0", "numpy"],
+    # Keras 3's other backends (nestad_tf.frameworks): `pip install .[torch]` / `.[jax]`.
+    # CI installs the versions in requirements-frameworks.txt first (torch's CPU wheel).
+    extras_require={"torch": ["torch>=2.4"], "jax": ["jax>=0.5"]},
     ext_modules=[Extension("nestad_tf._nestad_ops", sources=KERNEL_SOURCES)],
     cmdclass={"build_ext": BuildKernels},
     zip_safe=False,

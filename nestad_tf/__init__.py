@@ -14,9 +14,13 @@ Quick tour:
     nestad_tf.layers.Activation("leaky_relu", negative_slope=0.1)
     nestad_tf.backend_info()                             # which backend runs, and why
     model = nestad_tf.convert(model, verbose=True)       # a whole Keras model, one line
+
+nestad follows Keras 3's backend: with KERAS_BACKEND=torch or jax the same calls
+run on those frameworks' tensors (`nestad_tf.frameworks`; install the `torch` /
+`jax` extra).
 """
 
-from . import _loader, layers, registry
+from . import _loader, frameworks, layers, registry
 from .activations import ActivationFunction, BUILTINS as _BUILTINS, get
 from .ops import (
     BACKENDS,
@@ -57,6 +61,7 @@ __all__ = [
     "backend_scope",
     "convert",
     "forward_ad",
+    "frameworks",
     "get",
     "layers",
     "memory_report",

@@ -628,11 +628,25 @@ def backend_info() -> Dict[str, Any]:
 
     Returns a dict with `kernel_available`, `reason` (why the kernels are or are not
     used), `library`, `built_against` (TF version of the kernels), `tensorflow`,
-    `default_backend` (what backend=None means here), and `rules` (how "auto" chooses).
+    `default_backend` (what backend=None means here), `rules` (how "auto" chooses),
+    `keras_backend` (the framework nestad runs on: it follows Keras) and, on torch or
+    JAX, `framework_kernels` (whether the kernels run there, or why not).
     """
+    import keras  # pylint: disable=g-import-not-at-top
+
     library = _loader.load()
     stack = _backend_stack()
-    return {
+    framework = frameworks.active()
+    extra = {}
+    if framework is not None:
+        if library.module is None:
+            extra["framework_kernels"] = library.reason
+        else:
+            fw = frameworks.current()
+            probe = fw.as_float([0.0], "probe")
+            extra["framework_kernels"] = fw.kernel_unavailable(probe, library) or "loaded"
+    return {**extra,
+            "keras_backend": keras.backend.backend(),
         "kernel_available": library.module is not None,
         "reason": library.reason,
         "library": library.path,
@@ -644,6 +658,8 @@ def backend_info() -> Dict[str, Any]:
         "rules": (
             "auto: the fused CPU kernel when it is loaded and no GPU is visible, also under "
             "XLA (jit_compile), where each op is an XLA custom call to the same CPU loops; "
-            "otherwise the pure-TF forward-mode AD path"
+            "otherwise the pure-TF forward-mode AD path. On Keras' torch / JAX backends: the "
+            "same CPU loops for CPU tensors (C interface / jax.ffi custom calls), else "
+            "forward-mode AD of the Keras definition (torch.func.jvp / jax.jvp)"
         ),
     }

@@ -72,25 +72,30 @@ def _reference_y_d(spec, params, x64):
     return np.asarray(y, np.float64), np.asarray(d, np.float64)
 
 
-def expected_y_d(name, params, x, reference_dtype=tf.float64):
+def expected_y_d(name, params, x, reference_dtype=tf.float64, y_and_d=None):
     """(y, d, d_alternatives) as float64 arrays for the rounded inputs `x` (see module docstring).
 
     reference_dtype: the dtype the Keras reference runs in (float64: the truth;
     float32: Keras' own numerics, what the pure-TF path reproduces).
+    y_and_d: `y_and_d(spec, params, values) -> (y, d)`, the reference and its
+    autodiff on the float64 numpy `values` (default: TF in reference_dtype; the
+    torch and JAX tests pass their framework's, tests/frameworks/).
     d_alternatives is a list of arrays: at breakpoints f' may match any of them.
     """
     spec = registry.get(name)
     bound = spec.bind(params)
-    x64 = tf.cast(x, reference_dtype)
-    y, d = _reference_y_d(spec, bound, x64)
-    xs = np.asarray(x64, np.float64)
+    if y_and_d is None:
+        def y_and_d(spec, params, values):
+            return _reference_y_d(spec, params, tf.constant(values, reference_dtype))
+    xs = np.asarray(tf.cast(tf.cast(x, reference_dtype), tf.float64))
+    y, d = y_and_d(spec, bound, xs)
 
     # Limits at +-inf where the composite reference is NaN.
     for limit in (1e30, 1e300):
         bad = np.isinf(xs) & (np.isnan(y) | np.isnan(d))
         if not bad.any():
             break
-        y_lim, d_lim = _reference_y_d(spec, bound, tf.constant(np.sign(xs) * limit, reference_dtype))
+        y_lim, d_lim = y_and_d(spec, bound, np.sign(xs) * limit)
         y = np.where(bad & np.isnan(y), y_lim, y)
         d = np.where(bad & np.isnan(d), d_lim, d)
 
@@ -106,7 +111,7 @@ def expected_y_d(name, params, x, reference_dtype=tf.float64):
         for sign in (-1.0, 1.0):
             with np.errstate(invalid="ignore"):
                 shifted = xs + sign * step
-            _, d_side = _reference_y_d(spec, bound, tf.constant(shifted, reference_dtype))
+            _, d_side = y_and_d(spec, bound, shifted)
             alternatives.append(np.where(at_break, d_side, d))
     return y, d, alternatives
 

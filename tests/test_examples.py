@@ -25,6 +25,10 @@ EXAMPLES = {
     "convert_application.py": (["--model", "efficientnet_mish", "--image-size", "32", "--batch", "4"],
                                [r"nestad \(converted\): peak\s+[\d.]+ MiB", r"accuracy"]),
     "mixed_precision.py": ([], [r"loss"]),
+    "keras_backends.py": (["--width", "128", "--depth", "2", "--batch", "128", "--epochs", "1"],
+                          [r"tensorflow\s+allocator peak, MiB\s+[\d.]+\s+[\d.]+\s+[\d.]+x",
+                           r"torch\s+(autograd saved, MiB\s+[\d.]+|skipped)",
+                           r"jax\s+(XLA temp buffers, MiB\s+[\d.]+|skipped)"]),
     "distributed.py": ([], [r"replicas: 2", r"loss"]),
     "distributed.py --workers 2": (
         ["--workers", "2"], [r"worker 1 loss", r"multi-worker matches single process: True"]),
