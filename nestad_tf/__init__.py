@@ -20,18 +20,40 @@ run on those frameworks' tensors (`nestad_tf.frameworks`; install the `torch` /
 `jax` extra).
 """
 
-from . import _loader, frameworks, layers, registry
-from .activations import ActivationFunction, BUILTINS as _BUILTINS, get
-from .ops import (
+import os as _os
+
+
+def _check_keras_backend_installed():
+    """KERAS_BACKEND=torch/jax without that framework: say which extra installs it.
+
+    (Keras' own error at its import is a bare ModuleNotFoundError.)
+    """
+    name = _os.environ.get("KERAS_BACKEND", "").strip().lower()
+    if name in ("torch", "jax"):
+        try:
+            __import__(name)
+        except ImportError as error:
+            raise ImportError(
+                f"KERAS_BACKEND={name}, but {name} is not installed; nestad_tf runs on Keras' "
+                f"{name} backend with the extra: pip install --no-build-isolation "
+                f"'nestad_tf[{name}]' (or unset KERAS_BACKEND for TensorFlow) ({error})"
+            ) from error
+
+
+_check_keras_backend_installed()
+
+from . import _loader, frameworks, layers, registry  # noqa: E402
+from .activations import ActivationFunction, BUILTINS as _BUILTINS, get  # noqa: E402
+from .ops import (  # noqa: E402
     BACKENDS,
     SecondOrderGradientError,
     activation,
     backend_info,
     backend_scope,
 )
-from .registry import available_activations
-from .convert import convert, memory_report
-from .forward_ad import (
+from .registry import available_activations  # noqa: E402
+from .convert import convert, memory_report  # noqa: E402
+from .forward_ad import (  # noqa: E402
     ForwardADActivation,
     NotElementwiseError,
     ParametricActivation,

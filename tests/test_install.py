@@ -152,3 +152,18 @@ def test_no_kernels_build_and_pure_tf_use(source_copy):
     assert len(run["warnings"]) == 1, run["warnings"]
     assert run["y"] == pytest.approx(run["keras_y"], rel=2e-6, abs=1e-7)
     assert run["d"] == pytest.approx(run["keras_d"], rel=2e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_missing_keras_backend_framework_names_the_extra(framework, tmp_path):
+    # The framework hidden (None in sys.modules makes its import fail), as on a machine
+    # that never installed it; KERAS_BACKEND asks for it.
+    child = f"import sys; sys.modules[{framework!r}] = None; import nestad_tf"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=framework,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: KERAS_BACKEND=" + framework), last
+    assert f"pip install --no-build-isolation 'nestad_tf[{framework}]'" in last, last
