@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "Eigen/Core"
+#include "batch_norm_activation.h"
 #include "cpu_loops.h"
 
 namespace nestad {
@@ -106,6 +107,16 @@ std::string Quantize(const char* format, int bits, const float* breakpoints, int
   }
   return MakeQuantizer(format, bits, {breakpoints, breakpoints + num_breakpoints},
                        {levels, levels + num_levels}, {range, range + num_range}, q);
+}
+
+// The layout of a fused normalization call, its epsilon checked; "" or what is wrong.
+std::string NormLayoutOf(const int64_t* dims, int rank, int axis, float epsilon,
+                         NormLayout* layout) {
+  if (dims == nullptr || rank < 1) return "z must have rank >= 1";
+  if (!(epsilon >= 0.0f) || IsInf(epsilon)) return "epsilon must be finite and >= 0";
+  std::string shape = "[";
+  for (int i = 0; i < rank; ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
+  return MakeNormLayout(dims, rank, axis, shape + "]", layout);
 }
 
 }  // namespace
@@ -231,6 +242,61 @@ NESTAD_C_API int nestad_quantized_backward(const char* format, int bits, const f
     using S = decltype(s);
     RunQuantizedBackward(ThreadParallelFor(threads), q, static_cast<const S*>(dy),
                          static_cast<const uint8_t*>(code), static_cast<S*>(dx), n);
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// y = f(BN(z)) and the statistics used (BatchNormActivation). z has `rank` dims and
+// `dtype`; gamma, beta, mean, variance, batch_mean, batch_variance are vectors of
+// z's size along `axis`, float32 (float64 for float64 z).
+NESTAD_C_API int nestad_batch_norm_activation(
+    const char* activation, const float* params, int num_params, float epsilon, int axis,
+    int training, int dtype, const int64_t* dims, int rank, const void* z, const void* gamma,
+    const void* beta, const void* mean, const void* variance, void* y, void* batch_mean,
+    void* batch_variance, int threads, char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  NormLayout layout;
+  std::string e = Resolve(activation, params, num_params, &kind, &values);
+  if (e.empty()) e = NormLayoutOf(dims, rank, axis, epsilon, &layout);
+  if (!e.empty()) return Fail(e, error, error_size);
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    using U = typename ComputeType<S>::type;
+    RunBatchNormActivation<S, U>(ThreadParallelFor(threads), kind, values.data(), layout,
+                                 epsilon, training != 0, static_cast<const S*>(z),
+                                 static_cast<const U*>(gamma), static_cast<const U*>(beta),
+                                 static_cast<const U*>(mean), static_cast<const U*>(variance),
+                                 static_cast<S*>(y), static_cast<U*>(batch_mean),
+                                 static_cast<U*>(batch_variance));
+  });
+  return ok ? 0 : Fail(kBadDtype, error, error_size);
+}
+
+// dz, dgamma, dbeta of the block above, f'(x) recomputed from z (BatchNormActivationGrad);
+// mean and variance are the statistics the forward pass used.
+NESTAD_C_API int nestad_batch_norm_activation_grad(
+    const char* activation, const float* params, int num_params, float epsilon, int axis,
+    int training, int dtype, const int64_t* dims, int rank, const void* dy, const void* z,
+    const void* gamma, const void* beta, const void* mean, const void* variance, void* dz,
+    void* dgamma, void* dbeta, int threads, char* error, int64_t error_size) {
+  using namespace nestad;  // NOLINT
+  Kind kind;
+  std::vector<float> values;
+  NormLayout layout;
+  std::string e = Resolve(activation, params, num_params, &kind, &values);
+  if (e.empty()) e = NormLayoutOf(dims, rank, axis, epsilon, &layout);
+  if (!e.empty()) return Fail(e, error, error_size);
+  const bool ok = ForDtype(dtype, [&](auto s) {
+    using S = decltype(s);
+    using U = typename ComputeType<S>::type;
+    RunBatchNormActivationGrad<S, U>(
+        ThreadParallelFor(threads), kind, values.data(), layout, epsilon, training != 0,
+        static_cast<const S*>(dy), static_cast<const S*>(z), static_cast<const U*>(gamma),
+        static_cast<const U*>(beta), static_cast<const U*>(mean),
+        static_cast<const U*>(variance), static_cast<S*>(dz), static_cast<U*>(dgamma),
+        static_cast<U*>(dbeta));
   });
   return ok ? 0 : Fail(kBadDtype, error, error_size);
 }

@@ -452,8 +452,9 @@ def _entry(path, layer, found: _Found, replaced: bool, replaced_by: Optional[str
     dtype = _compute_dtype_name(layer)
     elements = _elements_per_sample(layer)
     keras_saved = nestad_saved = None
-    # On torch / JAX a BatchNormActivation runs unfused (no fused kernels there).
-    fused = fused or (isinstance(layer, _layers.BatchNormActivation) and not frameworks.active())
+    # On torch / JAX a BatchNormActivation runs unfused where their kernels cannot run.
+    fused = fused or (isinstance(layer, _layers.BatchNormActivation)
+                      and _fusion_unavailable(layer.backend or backend) is None)
     if found.spec is not None and found.reason is None:
         keras_saved = saved_for_backward(found.spec.name, found.params, dtype, "keras")
         nestad_saved = (SavedTensors((), 0) if fused else
@@ -589,6 +590,11 @@ def _fusion_candidates(model) -> Dict[int, keras.layers.Layer]:
     return candidates
 
 
+def _fusion_unavailable(backend: Optional[str]) -> Optional[str]:
+    """Why a BatchNormActivation runs unfused here (Keras on torch / JAX only), or None."""
+    return frameworks.fused_normalization_unavailable(backend) if frameworks.active() else None
+
+
 def _worth_fusing(found: _Found, layer, backend: str) -> bool:
     """Fusing saves memory where the activation's backward pass keeps more than its output."""
     dtype = _compute_dtype_name(layer)
@@ -654,7 +660,7 @@ def memory_report(model, *, backend: str = "auto", derivative: str = "exact") ->
     """
     entries = []
     notes = []
-    candidates = {} if frameworks.active() else _fusion_candidates(model)
+    candidates = {} if _fusion_unavailable(backend) else _fusion_candidates(model)
     for path, layer, _ in _walk(model):
         found = _identify(layer)
         if found is None:
@@ -881,8 +887,9 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
         it); the benchmark builds its recomputed and identity baselines with it. Default
         None: nestad activations (and no fusion).
       fuse_normalization: fuse BatchNormalization + activation (above); False keeps them
-        as two layers. None (default): True on the TensorFlow backend of Keras, False on
-        torch and JAX, which have no fused normalization kernels (True there is a ValueError).
+        as two layers. None (default): True, except on Keras' torch / JAX backends where
+        the fused kernels cannot run (CUDA tensors, a GPU JAX, backend="tf"; True there
+        is a ValueError).
 
     Returns:
       The new Keras model.
@@ -894,13 +901,14 @@ def convert(model, include: Optional[Iterable[str]] = None, exclude: Iterable[st
     """
     ops._check_backend_name(backend)  # pylint: disable=protected-access
     storage.check_mode(derivative)
+    cannot_fuse = _fusion_unavailable(backend)
     if fuse_normalization is None:
-        fuse_normalization = not frameworks.active()
-    elif fuse_normalization and frameworks.active():
+        fuse_normalization = cannot_fuse is None
+    elif fuse_normalization and cannot_fuse is not None:
         raise ValueError(
-            f"fuse_normalization=True: nestad has no fused BatchNormalization + activation on "
-            f"Keras' {frameworks.active()} backend (TensorFlow only); pass fuse_normalization=False "
-            "or leave it unset")
+            f"fuse_normalization=True: the fused BatchNormalization + activation cannot run on "
+            f"Keras' {frameworks.active()} backend here ({cannot_fuse}); pass "
+            "fuse_normalization=False or leave it unset")
     include = _canonical(include, "include")
     exclude = _canonical(exclude, "exclude") or frozenset()
     layer_patterns = None if layers is None else (

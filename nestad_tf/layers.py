@@ -88,9 +88,10 @@ class BatchNormActivation(keras.layers.BatchNormalization):
     `nestad_tf.normalization`). `nestad_tf.convert` fuses BatchNormalization
     layers followed by an activation into this layer.
 
-    With a mask, renorm=True or synchronized=True, and on the torch and JAX
-    backends of Keras, it runs as BatchNormalization followed by the nestad
-    activation (not fused).
+    With a mask, renorm=True or synchronized=True it runs as BatchNormalization
+    followed by the nestad activation (not fused); so it does on Keras' torch and
+    JAX backends where the fused kernels cannot run (CUDA tensors, a GPU JAX,
+    backend="tf"; see `nestad_tf.frameworks`).
 
     Args:
       activation: a name from `nestad_tf.available_activations()` (or alias).
@@ -118,16 +119,25 @@ class BatchNormActivation(keras.layers.BatchNormalization):
         self._spec = spec
 
     def call(self, inputs, training=None, mask=None):
-        if mask is not None or self.renorm or self.synchronized or frameworks.active():
-            # torch / JAX: no fused normalization kernels there (nestad_tf.frameworks).
+        use_batch_statistics = bool(training) and self.trainable
+        fused = None
+        if mask is None and not self.renorm and not self.synchronized:
+            gamma = self.gamma if self.scale else None
+            beta = self.beta if self.center else None
+            if frameworks.active():  # torch / JAX: their kernels, where they run
+                fused = frameworks.batch_norm_activation(
+                    inputs, gamma, beta, self.moving_mean, self.moving_variance, self._spec,
+                    self.activation_params, epsilon=self.epsilon, axis=self.axis,
+                    training=use_batch_statistics, backend=self.backend)
+            else:
+                fused = normalization.batch_norm_activation(
+                    inputs, gamma, beta, self.moving_mean, self.moving_variance, self.activation,
+                    epsilon=self.epsilon, axis=self.axis, training=use_batch_statistics,
+                    backend=self.backend, **self.activation_params)
+        if fused is None:
             normalized = super().call(inputs, training=training, mask=mask)
             return ops.keras_apply(normalized, self._spec, self.activation_params, self.backend)
-        use_batch_statistics = bool(training) and self.trainable
-        y, mean, variance = normalization.batch_norm_activation(
-            inputs, self.gamma if self.scale else None, self.beta if self.center else None,
-            self.moving_mean, self.moving_variance, self.activation, epsilon=self.epsilon,
-            axis=self.axis, training=use_batch_statistics, backend=self.backend,
-            **self.activation_params)
+        y, mean, variance = fused
         if use_batch_statistics:
             # As BatchNormalization: moving = moving * momentum + batch * (1 - momentum).
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):

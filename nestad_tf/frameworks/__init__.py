@@ -318,6 +318,61 @@ def check_elementwise(fw, activation, x, constants, thetas) -> None:
     checked.add(key)
 
 
+# --- BatchNormalization fused with its activation ---
+
+
+def fused_normalization_unavailable(backend: Optional[str] = None) -> Optional[str]:
+    """Why the fused BatchNormalization + activation kernels cannot run here, or None."""
+    fw = current()
+    if requested_backend(backend) == "tf":
+        return "backend='tf' (the fused normalization has kernels only)"
+    library = _loader.load()
+    if library.module is None:
+        return library.reason
+    return fw.kernel_unavailable(fw.as_float([0.0], "probe"), library)
+
+
+def batch_norm_activation(z, gamma, beta, mean, variance, spec: registry.ActivationSpec,
+                          params: Dict[str, Any], *, epsilon: float, axis: int, training: bool,
+                          backend: Optional[str] = None):
+    """(y, batch_mean, batch_variance) of the fused block on torch/JAX (see
+    `nestad_tf.normalization`): the backward pass keeps z and per-channel statistics only,
+    and recomputes BN and f'(x) in the same C++ loops as TensorFlow's fused op.
+
+    Returns None where the kernels cannot run (the caller runs BatchNormalization and
+    the activation unfused); backend="kernel" there is a ValueError.
+    """
+    fw = current()
+    why_not = fused_normalization_unavailable(backend)
+    if why_not is None and (spec.kernel is None
+                            or any(_is_param_tensor(fw, v) for v in params.values())):
+        why_not = "the activation has no fused kernel or has tensor parameters"
+    if why_not is not None:
+        if requested_backend(backend) == "kernel":
+            raise ValueError(f"backend='kernel': the fused normalization cannot run on "
+                             f"{fw.NAME} here: {why_not}")
+        return None
+    z = fw.as_float(z, spec.name)
+    rank = len(z.shape)
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis {axis} is out of range for z of shape {tuple(z.shape)}")
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"batch_norm_activation: epsilon must be finite and >= 0, got {epsilon}")
+    kernel_name, kernel_params = spec.kernel_attrs(params)
+    attrs = dict(activation=kernel_name, params=kernel_params, epsilon=float(epsilon),
+                 axis=axis % rank, training=bool(training))
+    stats = "float64" if fw.dtype_name(z) == "float64" else "float32"
+    channels = z.shape[axis]
+
+    def vector(value, fill):  # a variable, a tensor, or None: fill
+        if value is None:
+            return fw.constant(np.full([channels], fill, stats))
+        return keras.ops.cast(value, stats)
+
+    return fw.fused_norm(z, vector(gamma, 1.0), vector(beta, 0.0), fw.detach(vector(mean, 0.0)),
+                         fw.detach(vector(variance, 1.0)), attrs)
+
+
 # --- what an activation keeps, measured on the framework (convert's decisions) ---
 
 

@@ -27,7 +27,8 @@ _FLOAT = ("float16", "bfloat16", "float32", "float64")
 _TARGETS = (
     "nestad_fused_activation", "nestad_fused_activation_grad", "nestad_activation_forward",
     "nestad_activation_grad_from_output", "nestad_fused_activation_quantized",
-    "nestad_activation_grad_quantized",
+    "nestad_activation_grad_quantized", "nestad_batch_norm_activation",
+    "nestad_batch_norm_activation_grad",
 )
 
 
@@ -229,6 +230,37 @@ def quantized_backward(dy, code, quantizer: Dict):
 def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
     """d sum(fn(x, v)) / dv at v = value (a scalar); a Python branch on v raises TypeError."""
     return np.asarray(jax.grad(lambda v: jnp.sum(fn(jnp.asarray(x), v)))(jnp.float32(value)))
+
+
+def fused_norm(z, gamma, beta, mean, variance, attrs: Dict):
+    """(y, batch_mean, batch_variance) of the fused BatchNormalization + activation;
+    the residuals are z and the per-channel vectors."""
+    ffi_attrs = dict(activation=attrs["activation"], params=_bits(attrs["params"]),
+                     epsilon=_bits([attrs["epsilon"]]), axis=np.int32(attrs["axis"]),
+                     training=np.int32(bool(attrs["training"])))
+
+    def forward(z, gamma, beta, mean, variance):
+        return tuple(_call("nestad_batch_norm_activation", (_like(z), _like(mean), _like(mean)),
+                           z, gamma, beta, mean, variance, **ffi_attrs))
+
+    @jax.custom_vjp
+    def block(z, gamma, beta, mean, variance):
+        return forward(z, gamma, beta, mean, variance)
+
+    def forward_rule(z, gamma, beta, mean, variance):
+        y, batch_mean, batch_variance = forward(z, gamma, beta, mean, variance)
+        return (y, batch_mean, batch_variance), (z, gamma, beta, batch_mean, batch_variance)
+
+    def backward_rule(kept, cotangents):
+        z, gamma, beta, used_mean, used_variance = kept
+        dz, dgamma, dbeta = _call(
+            "nestad_batch_norm_activation_grad", (_like(z), _like(gamma), _like(beta)),
+            cotangents[0].astype(z.dtype), z, gamma, beta, used_mean, used_variance, **ffi_attrs)
+        return dz, dgamma, dbeta, jnp.zeros_like(used_mean), jnp.zeros_like(used_variance)
+
+    block.defvjp(forward_rule, backward_rule)
+    y, batch_mean, batch_variance = block(z, gamma, beta, mean, variance)
+    return y, jax.lax.stop_gradient(batch_mean), jax.lax.stop_gradient(batch_variance)
 
 
 # --- what a function keeps for its backward pass ---

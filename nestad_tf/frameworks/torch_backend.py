@@ -7,8 +7,8 @@
 The kernels are the CPU loops of kernels/ (cpu_loops.h) called through their C
 interface (kernels/c_api.cc) on the tensors' memory, with torch's intra-op
 thread count; CUDA tensors take the pure path (there are no torch CUDA kernels).
-A second-order gradient through these functions raises (`once_differentiable`):
-f' is kept, not x.
+A backward pass with create_graph=True (second-order gradients) raises
+SecondOrderGradientError (`_first_order_only`): f' is kept, not x.
 
 The primitives here are the ones `nestad_tf.frameworks` calls; jax_backend.py
 has the same set.
@@ -91,7 +91,8 @@ def forward_ad(fn: Callable, x: torch.Tensor, params: Sequence[torch.Tensor] = (
     compute = _compute_dtype(x.dtype)
     with torch.no_grad():
         xc = x.detach().to(compute)
-        values = [p.detach().to(compute).expand_as(xc) for p in params]
+        # x-shaped copies: torch.func.jvp cannot make a dual of an expanded (stride-0) tensor.
+        values = [p.detach().to(compute).expand_as(xc).contiguous() for p in params]
         ones = torch.ones_like(xc)
         y, d = torch.func.jvp(lambda t: fn(t, *values), (xc,), (ones,))
         partials = []
@@ -102,6 +103,29 @@ def forward_ad(fn: Callable, x: torch.Tensor, params: Sequence[torch.Tensor] = (
             partials.append(torch.func.jvp(along, (values[i],), (ones,))[1])
         y = torch.as_tensor(y).expand_as(xc)
     return (y.to(x.dtype), d.expand_as(xc).to(x.dtype)) + tuple(p.to(x.dtype) for p in partials)
+
+
+def _first_order_only(backward):
+    """torch's `once_differentiable`, raising as soon as a graph of the gradient is asked for.
+
+    dx = dy * f'(x) depends on x through f'(x), which is kept as a constant, so a
+    gradient built with create_graph=True would miss the f''(x) term. (torch's
+    once_differentiable only marks the result when dy itself requires grad, and
+    `torch.autograd.grad(..., create_graph=True)` of a loss such as
+    sum(f(x)) + sum(x ** 2) then gives a silently wrong second derivative.)
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *upstream):
+        if torch.is_grad_enabled():  # the backward pass runs with create_graph=True
+            from ..ops import SecondOrderGradientError  # pylint: disable=g-import-not-at-top
+            raise SecondOrderGradientError(
+                "a second-order gradient (create_graph=True) through a nestad activation on "
+                "torch needs f''(x), but nestad keeps only f'(x), not x; use the Keras "
+                "activation where higher-order gradients are needed")
+        return backward(ctx, *upstream)
+
+    return wrapper
 
 
 class _SavedDerivative(torch.autograd.Function):
@@ -115,7 +139,7 @@ class _SavedDerivative(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):  # pylint: disable=arguments-differ
         (kept,) = ctx.saved_tensors
         return ctx.backward(dy.contiguous(), kept), None, None
@@ -132,7 +156,7 @@ class _SavedPartials(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy):  # pylint: disable=arguments-differ
         d, *partials = ctx.saved_tensors
         return (dy * d, None) + tuple(_sum_to_shape(dy * p, s)
@@ -191,6 +215,10 @@ def _c_api():
         "nestad_backward_from_output": [s, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_forward": [s, f, i, s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_backward": [s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
+        "nestad_batch_norm_activation":
+            [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 8 + [i] + err,
+        "nestad_batch_norm_activation_grad":
+            [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 9 + [i] + err,
     }
     for name, argtypes in signatures.items():
         getattr(lib, name).argtypes = argtypes
@@ -287,6 +315,52 @@ def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
             return None
         (gradient,) = torch.autograd.grad(y.sum(), v, allow_unused=True)
     return None if gradient is None else gradient.detach().numpy()
+
+
+def _norm_args(z, attrs: Dict) -> list:
+    params, count = _floats(attrs["params"])
+    dims = (ctypes.c_int64 * z.dim())(*z.shape)
+    return [attrs["activation"].encode(), params, count, attrs["epsilon"], attrs["axis"],
+            int(attrs["training"]), _DTYPE_CODES[z.dtype], dims, z.dim()]
+
+
+def _norm_forward(z, gamma, beta, mean, variance, attrs: Dict):
+    z = _contiguous(z)
+    vectors = [_contiguous(v) for v in (gamma, beta, mean, variance)]
+    y = torch.empty_like(z)
+    batch_mean, batch_variance = torch.empty_like(vectors[2]), torch.empty_like(vectors[3])
+    _run("nestad_batch_norm_activation", *_norm_args(z, attrs),
+         *[t.data_ptr() for t in [z] + vectors + [y, batch_mean, batch_variance]])
+    return y, batch_mean, batch_variance
+
+
+class _FusedNorm(torch.autograd.Function):
+    """y = f(BN(z)); saves z and the per-channel vectors only."""
+
+    @staticmethod
+    def forward(ctx, z, gamma, beta, mean, variance, attrs):  # pylint: disable=arguments-differ
+        y, batch_mean, batch_variance = _norm_forward(z, gamma, beta, mean, variance, attrs)
+        ctx.attrs = attrs
+        ctx.save_for_backward(z, gamma, beta, batch_mean, batch_variance)
+        ctx.mark_non_differentiable(batch_mean, batch_variance)
+        return y, batch_mean, batch_variance
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, unused_mean, unused_variance):  # pylint: disable=arguments-differ
+        z, gamma, beta, mean, variance = (_contiguous(t) for t in ctx.saved_tensors)
+        dy = _contiguous(dy).to(z.dtype)
+        dz, dgamma, dbeta = torch.empty_like(z), torch.empty_like(gamma), torch.empty_like(beta)
+        _run("nestad_batch_norm_activation_grad", *_norm_args(z, ctx.attrs),
+             *[t.data_ptr() for t in (dy, z, gamma, beta, mean, variance, dz, dgamma, dbeta)])
+        return dz, dgamma, dbeta, None, None, None
+
+
+def fused_norm(z, gamma, beta, mean, variance, attrs: Dict):
+    """(y, batch_mean, batch_variance) of the fused BatchNormalization + activation."""
+    if not _needs_gradient(z, gamma, beta):
+        return _norm_forward(z, gamma, beta, mean, variance, attrs)
+    return _FusedNorm.apply(z, gamma, beta, mean, variance, attrs)
 
 
 # --- what a function keeps for its backward pass ---
