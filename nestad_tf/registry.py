@@ -218,16 +218,26 @@ def _builtin(name, formula, *, params=(), kernel=None, aliases=(), breakpoints=N
 
 
 def is_tensor_param(value) -> bool:
-    """Whether a parameter value is a tensor (or variable, or array) rather than a number."""
-    return tf.is_tensor(value) or isinstance(value, (tf.Variable, keras.Variable, np.ndarray))
+    """Whether a parameter value is a tensor (or variable, or array) rather than a number.
+
+    Tensors of the Keras backend count too (torch and JAX: `nestad_tf.frameworks`).
+    """
+    return (tf.is_tensor(value) or keras.ops.is_tensor(value)
+            or isinstance(value, (tf.Variable, keras.Variable, np.ndarray)))
 
 
 # Tensor-parameter forms of the Keras references that branch on parameter values in
 # Python (keras.activations.elu/leaky_relu/relu). Same values and derivatives
 # (one-sided ones at the kinks, as Keras picks them): tests/test_tensor_params.py.
 # Written with keras.ops, so that they run on every Keras backend.
+def _minimum(a, b):
+    """min(a, b) whose gradient at a tie goes to a, as tf.minimum's does on every backend
+    (torch's and JAX's minimum split it in half: neither one-sided derivative)."""
+    return _K.where(a > b, b, a)
+
+
 def _elu_tensor_reference(x, alpha=1.0):
-    return _K.where(x > 0, x, alpha * _K.expm1(_K.minimum(x, 0)))
+    return _K.where(x > 0, x, alpha * _K.expm1(_minimum(x, 0)))
 
 
 def _leaky_relu_tensor_reference(x, negative_slope=0.2):
@@ -237,8 +247,8 @@ def _leaky_relu_tensor_reference(x, negative_slope=0.2):
 def _relu_tensor_reference(x, negative_slope=0.0, max_value=None, threshold=0.0):
     y = _K.where(x > threshold, x, _K.zeros_like(x))
     if max_value is not None:
-        y = _K.minimum(y, max_value)
-    below = _K.minimum(x - threshold, 0)
+        y = _minimum(y, max_value)
+    below = _minimum(x - threshold, 0)
     # 0 * -inf would be NaN where Keras gives 0 (slope 0 at x = -inf).
     zero_times_inf = _K.logical_and(_K.equal(negative_slope, 0), _K.isinf(x))
     keep = _K.logical_and(x <= threshold, _K.logical_not(zero_times_inf))

@@ -80,6 +80,18 @@ def multiply(dy, d):
     return dy * d
 
 
+def may_need_gradient(x) -> bool:
+    """Whether a backward pass may read what is kept for x: always (a trace cannot tell)."""
+    del x
+    return True
+
+
+def eager_scope():
+    """A context in which ops on concrete arrays run at once, also while jax.jit traces
+    (`jax.ensure_compile_time_eval`): the element-wise probe of user activations."""
+    return jax.ensure_compile_time_eval()
+
+
 def jvp(fn: Callable, x, tangent):
     return jax.jvp(fn, (x,), (tangent,))[1]
 

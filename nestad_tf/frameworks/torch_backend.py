@@ -14,13 +14,13 @@ The primitives here are the ones `nestad_tf.frameworks` calls; jax_backend.py
 has the same set.
 """
 
+import contextlib
 import ctypes
 import functools
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 NAME = "torch"
 
@@ -76,6 +76,11 @@ def multiply(dy, d):
     return dy * d
 
 
+def eager_scope():
+    """A context in which ops on concrete tensors run at once (torch always does)."""
+    return contextlib.nullcontext()
+
+
 def jvp(fn: Callable, x: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
     """The Jacobian-vector product of fn at x along tangent (torch.func.jvp)."""
     return torch.func.jvp(fn, (x,), (tangent,))[1]
@@ -121,8 +126,9 @@ def _first_order_only(backward):
             from ..ops import SecondOrderGradientError  # pylint: disable=g-import-not-at-top
             raise SecondOrderGradientError(
                 "a second-order gradient (create_graph=True) through a nestad activation on "
-                "torch needs f''(x), but nestad keeps only f'(x), not x; use the Keras "
-                "activation where higher-order gradients are needed")
+                "torch needs f''(x), but nestad's backward pass has only what it kept (f'(x), "
+                "or a fused normalization's input), not a graph of it; use the Keras "
+                "activation (and BatchNormalization) where higher-order gradients are needed")
         return backward(ctx, *upstream)
 
     return wrapper
@@ -173,6 +179,12 @@ def _sum_to_shape(t: torch.Tensor, shape) -> torch.Tensor:
 
 def _needs_gradient(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def may_need_gradient(x) -> bool:
+    """Whether a backward pass may read what is kept for x (not under torch.no_grad, as
+    in Keras' shape inference on "meta" tensors)."""
+    return _needs_gradient(x)
 
 
 def with_saved(x, forward, backward, primal):
@@ -346,7 +358,7 @@ class _FusedNorm(torch.autograd.Function):
         return y, batch_mean, batch_variance
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, dy, unused_mean, unused_variance):  # pylint: disable=arguments-differ
         z, gamma, beta, mean, variance = (_contiguous(t) for t in ctx.saved_tensors)
         dy = _contiguous(dy).to(z.dtype)
