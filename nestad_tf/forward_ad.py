@@ -644,25 +644,11 @@ def _probe(fn, dtype, shape, constants, param_shapes, name):
             "(act(x, beta=variable)), or use nestad_tf.ParametricActivation."
         )
     _check_output(name, y, x)
-    mixing_hint = (
-        "nestad keeps one derivative per element, which needs every output element to depend "
-        "only on the input element at the same position (softmax, normalisations, reductions, "
-        "cumsum, sort or roll mix elements)."
-    )
 
     if x.shape.num_elements() > 1:
-        changed = rng.random(shape) < 0.5
-        changed.flat[0], changed.flat[-1] = True, False
+        changed = half_changed(rng, shape)
         y_changed = call(tf.where(changed, x + 0.75, x), thetas)
-        same = _same_values(y.numpy(), y_changed.numpy())
-        moved = np.argwhere(~changed & ~same)
-        if moved.size:
-            raise NotElementwiseError(
-                f"activation '{name}' is not element-wise: changing some input elements of a "
-                f"probe of shape {tuple(shape)} changed output element {tuple(int(i) for i in moved[0])}, whose "
-                f"input did not change. {mixing_hint} (A function with random ops also fails "
-                "this check: use check=False.)"
-            )
+        check_unchanged(name, shape, changed, y.numpy(), y_changed.numpy())
 
     tolerance = _PROBE_RTOL[compute]
     tangent = tf.constant(rng.normal(size=shape).astype(np_dtype))
@@ -672,7 +658,7 @@ def _probe(fn, dtype, shape, constants, param_shapes, name):
         raise NotElementwiseError(
             f"activation '{name}' is not element-wise: on a probe of shape {tuple(shape)} its "
             f"Jacobian is not diagonal (the derivative along a random direction v differs from "
-            f"f'(x) * v). {mixing_hint}"
+            f"f'(x) * v). {MIXING_HINT}"
         )
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -699,6 +685,33 @@ def _probe(fn, dtype, shape, constants, param_shapes, name):
                 f"element of '{key}' must act only on the input elements it broadcasts to "
                 "(no reductions of the parameter)."
             )
+
+
+MIXING_HINT = (
+    "nestad keeps one derivative per element, which needs every output element to depend "
+    "only on the input element at the same position (softmax, normalisations, reductions, "
+    "cumsum, sort or roll mix elements)."
+)
+
+
+def half_changed(rng, shape) -> np.ndarray:
+    """A random half of the probe's elements (the first one always, the last one never)."""
+    changed = rng.random(shape) < 0.5
+    changed.flat[0], changed.flat[-1] = True, False
+    return changed
+
+
+def check_unchanged(name, shape, changed, y, y_changed) -> None:
+    """NotElementwiseError if an output whose input did not change, changed (the probe
+    moved the inputs where `changed`, adding 0.75)."""
+    moved = np.argwhere(~changed & ~_same_values(y, y_changed))
+    if moved.size:
+        raise NotElementwiseError(
+            f"activation '{name}' is not element-wise: changing some input elements of a "
+            f"probe of shape {tuple(shape)} changed output element "
+            f"{tuple(int(i) for i in moved[0])}, whose input did not change. {MIXING_HINT} "
+            "(A function with random ops also fails this check: use check=False.)"
+        )
 
 
 def _jvp(fn, primal, tangent):

@@ -280,7 +280,8 @@ def check_elementwise(fw, activation, x, constants, thetas) -> None:
 
 
 def _probe_elementwise(fw, activation, dtype_name, shape, constants, theta_shapes) -> None:
-    from ..forward_ad import NotElementwiseError  # pylint: disable=g-import-not-at-top
+    from ..forward_ad import (  # pylint: disable=g-import-not-at-top
+        MIXING_HINT, NotElementwiseError, check_unchanged, half_changed)
     compute = np.float64 if dtype_name == "float64" else np.float32
     rng = np.random.default_rng(_PROBE_SEED)
     probe = rng.uniform(-2.5, 2.5, shape).astype(compute)
@@ -297,21 +298,10 @@ def _probe_elementwise(fw, activation, dtype_name, shape, constants, theta_shape
             f"activation '{name}' is not element-wise: on a probe of shape {shape} it returned "
             f"{y.dtype} of shape {y.shape}. An activation maps every element to one element of "
             "the same shape (no reductions, reshapes or broadcasting to a bigger shape).")
-    hint = ("nestad keeps one derivative per element, which needs every output element to depend "
-            "only on the input element at the same position (softmax, normalisations, reductions, "
-            "cumsum, sort or roll mix elements).")
     if probe.size > 1:
-        changed = rng.random(shape) < 0.5
-        changed.flat[0], changed.flat[-1] = True, False
+        changed = half_changed(rng, shape)
         moved_y = fw.to_numpy(call(fw.constant(np.where(changed, probe + 0.75, probe))))
-        same = (y == moved_y) | (np.isnan(y) & np.isnan(moved_y))
-        moved = np.argwhere(~changed & ~same)
-        if moved.size:
-            raise NotElementwiseError(
-                f"activation '{name}' is not element-wise: changing some input elements of a "
-                f"probe of shape {shape} changed output element "
-                f"{tuple(int(i) for i in moved[0])}, whose input did not change. {hint} "
-                "(A function with random ops also fails this check: use check=False.)")
+        check_unchanged(name, shape, changed, y, moved_y)
     tangent = rng.normal(size=shape).astype(compute)
     d = fw.to_numpy(fw.jvp(call, fw.constant(probe), fw.constant(np.ones_like(probe))))
     along = fw.to_numpy(fw.jvp(call, fw.constant(probe), fw.constant(tangent)))
@@ -324,7 +314,7 @@ def _probe_elementwise(fw, activation, dtype_name, shape, constants, theta_shape
         raise NotElementwiseError(
             f"activation '{name}' is not element-wise: on a probe of shape {shape} its Jacobian "
             f"is not diagonal (the derivative along a random direction v differs from f'(x) * v). "
-            f"{hint}")
+            f"{MIXING_HINT}")
 
 
 # --- BatchNormalization fused with its activation ---
