@@ -91,6 +91,14 @@ bool ForDtype(int dtype, Fn fn) {
 
 constexpr const char kBadDtype[] = "dtype must be float16, bfloat16, float32 or float64";
 
+// Every entry point: 1 and the message if the checks found something wrong (`checked`
+// non-empty) or dtype is unknown, else fn(S()) for dtype's storage type S and 0.
+template <typename Fn>
+int Run(const std::string& checked, int dtype, char* error, int64_t error_size, Fn fn) {
+  if (!checked.empty()) return Fail(checked, error, error_size);
+  return ForDtype(dtype, fn) ? 0 : Fail(kBadDtype, error, error_size);
+}
+
 // Validates an activation and its parameters; "" or what is wrong.
 std::string Resolve(const char* activation, const float* params, int num_params, Kind* kind,
                     std::vector<float>* values) {
@@ -109,9 +117,12 @@ std::string Quantize(const char* format, int bits, const float* breakpoints, int
                        {levels, levels + num_levels}, {range, range + num_range}, q);
 }
 
-// The layout of a fused normalization call, its epsilon checked; "" or what is wrong.
-std::string NormLayoutOf(const int64_t* dims, int rank, int axis, float epsilon,
-                         NormLayout* layout) {
+// A fused normalization call's activation and layout, its epsilon checked; "" or what
+// is wrong.
+std::string ResolveNorm(const char* activation, const float* params, int num_params,
+                        const int64_t* dims, int rank, int axis, float epsilon, Kind* kind,
+                        std::vector<float>* values, NormLayout* layout) {
+  if (std::string e = Resolve(activation, params, num_params, kind, values); !e.empty()) return e;
   if (dims == nullptr || rank < 1) return "z must have rank >= 1";
   if (!(epsilon >= 0.0f) || IsInf(epsilon)) return "epsilon must be finite and >= 0";
   std::string shape = "[";
@@ -131,27 +142,23 @@ NESTAD_C_API int nestad_fused_forward(const char* activation, const float* param
   using namespace nestad;  // NOLINT
   Kind kind;
   std::vector<float> values;
-  if (std::string e = Resolve(activation, params, num_params, &kind, &values); !e.empty()) {
-    return Fail(e, error, error_size);
-  }
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(Resolve(activation, params, num_params, &kind, &values), dtype, error, error_size,
+             [&](auto s) {
     using S = decltype(s);
     RunFusedForward(ThreadParallelFor(threads), kind, values.data(), static_cast<const S*>(x),
                     static_cast<S*>(y), static_cast<S*>(d), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // dx = dy * d (FusedActivationGrad).
 NESTAD_C_API int nestad_fused_backward(int dtype, const void* dy, const void* d, void* dx,
                                        int64_t n, int threads, char* error, int64_t error_size) {
   using namespace nestad;  // NOLINT
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run("", dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     RunFusedBackward(ThreadParallelFor(threads), static_cast<const S*>(dy),
                      static_cast<const S*>(d), static_cast<S*>(dx), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // y = f(x) alone (ActivationForward).
@@ -161,15 +168,12 @@ NESTAD_C_API int nestad_forward_only(const char* activation, const float* params
   using namespace nestad;  // NOLINT
   Kind kind;
   std::vector<float> values;
-  if (std::string e = Resolve(activation, params, num_params, &kind, &values); !e.empty()) {
-    return Fail(e, error, error_size);
-  }
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(Resolve(activation, params, num_params, &kind, &values), dtype, error, error_size,
+             [&](auto s) {
     using S = decltype(s);
     RunForwardOnly(ThreadParallelFor(threads), kind, values.data(), static_cast<const S*>(x),
                    static_cast<S*>(y), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // dx = dy * f'(x), f' recomputed from y (ActivationGradFromOutput).
@@ -182,14 +186,12 @@ NESTAD_C_API int nestad_backward_from_output(const char* activation, const float
   std::vector<float> values;
   std::string e = Resolve(activation, params, num_params, &kind, &values);
   if (e.empty()) e = DerivativeFromOutputError(kind, values.data());
-  if (!e.empty()) return Fail(e, error, error_size);
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(e, dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     RunBackwardFromOutput(ThreadParallelFor(threads), kind, values.data(),
                           static_cast<const S*>(dy), static_cast<const S*>(y),
                           static_cast<S*>(dx), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // Bytes of packed codes for n elements at `bits` bits (what `code` must hold).
@@ -214,14 +216,12 @@ NESTAD_C_API int nestad_quantized_forward(const char* activation, const float* p
     e = Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels, range, num_range,
                  &q);
   }
-  if (!e.empty()) return Fail(e, error, error_size);
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(e, dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     RunQuantizedForward(ThreadParallelFor(threads), kind, values.data(), q,
                         static_cast<const S*>(x), static_cast<S*>(y),
                         static_cast<uint8_t*>(code), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // dx = dy * f'(x), f' decoded from the packed codes (ActivationGradQuantized).
@@ -233,17 +233,13 @@ NESTAD_C_API int nestad_quantized_backward(const char* format, int bits, const f
                                            int64_t error_size) {
   using namespace nestad;  // NOLINT
   Quantizer q;
-  if (std::string e = Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels,
-                               range, num_range, &q);
-      !e.empty()) {
-    return Fail(e, error, error_size);
-  }
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels, range,
+                      num_range, &q),
+             dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     RunQuantizedBackward(ThreadParallelFor(threads), q, static_cast<const S*>(dy),
                          static_cast<const uint8_t*>(code), static_cast<S*>(dx), n);
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // y = f(BN(z)) and the statistics used (BatchNormActivation). z has `rank` dims and
@@ -258,10 +254,9 @@ NESTAD_C_API int nestad_batch_norm_activation(
   Kind kind;
   std::vector<float> values;
   NormLayout layout;
-  std::string e = Resolve(activation, params, num_params, &kind, &values);
-  if (e.empty()) e = NormLayoutOf(dims, rank, axis, epsilon, &layout);
-  if (!e.empty()) return Fail(e, error, error_size);
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(ResolveNorm(activation, params, num_params, dims, rank, axis, epsilon, &kind,
+                         &values, &layout),
+             dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     using U = typename ComputeType<S>::type;
     RunBatchNormActivation<S, U>(ThreadParallelFor(threads), kind, values.data(), layout,
@@ -271,7 +266,6 @@ NESTAD_C_API int nestad_batch_norm_activation(
                                  static_cast<S*>(y), static_cast<U*>(batch_mean),
                                  static_cast<U*>(batch_variance));
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
 
 // dz, dgamma, dbeta of the block above, f'(x) recomputed from z (BatchNormActivationGrad);
@@ -285,10 +279,9 @@ NESTAD_C_API int nestad_batch_norm_activation_grad(
   Kind kind;
   std::vector<float> values;
   NormLayout layout;
-  std::string e = Resolve(activation, params, num_params, &kind, &values);
-  if (e.empty()) e = NormLayoutOf(dims, rank, axis, epsilon, &layout);
-  if (!e.empty()) return Fail(e, error, error_size);
-  const bool ok = ForDtype(dtype, [&](auto s) {
+  return Run(ResolveNorm(activation, params, num_params, dims, rank, axis, epsilon, &kind,
+                         &values, &layout),
+             dtype, error, error_size, [&](auto s) {
     using S = decltype(s);
     using U = typename ComputeType<S>::type;
     RunBatchNormActivationGrad<S, U>(
@@ -298,5 +291,4 @@ NESTAD_C_API int nestad_batch_norm_activation_grad(
         static_cast<const U*>(variance), static_cast<S*>(dz), static_cast<U*>(dgamma),
         static_cast<U*>(dbeta));
   });
-  return ok ? 0 : Fail(kBadDtype, error, error_size);
 }
