@@ -166,3 +166,108 @@ def test_kernel_cli_smoke(tmp_path):
     assert {(t["activation"], t["direction"]) for t in document["targets"]} == {
         (a, d) for a in ("mish", "gelu") for d in ("forward", "backward")}
     assert "GB/s" in completed.stdout
+
+
+# --- Keras' torch and JAX backends (issue 14): `model --backend torch|jax` ---
+
+FRAMEWORK_MODES = ("keras", "recompute", "nestad", "floor")
+
+
+def _installed(name):
+    import importlib.util  # pylint: disable=g-import-not-at-top
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="module")
+def framework_documents(tmp_path_factory):
+    """The CLI on a tiny MLP (mish, gelu), 1 timed step, torch and JAX started together."""
+    tmp = tmp_path_factory.mktemp("framework_bench")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    processes = {}
+    for backend in ("torch", "jax"):
+        if not _installed(backend):
+            continue
+        command = [sys.executable, "-m", "nestad_tf.bench", "model", "--backend", backend,
+                   "--model", "mlp", "--batch", "8", "--size", "32", "--mlp-depth", "2",
+                   "--modes", ",".join(FRAMEWORK_MODES), "--steps", "1", "--warmup", "1",
+                   "--json", str(tmp / f"{backend}.json")]
+        processes[backend] = subprocess.Popen(command, cwd=tmp, env=env, text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    documents = {}
+    for backend, process in processes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        documents[backend] = (json.loads((tmp / f"{backend}.json").read_text()), stdout)
+    return documents
+
+
+def _framework_document(documents, backend):
+    if backend not in documents:
+        pytest.skip(f"{backend} is not installed")
+    return documents[backend]
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_framework_model_cli_smoke(framework_documents, backend):
+    document, stdout = _framework_document(framework_documents, backend)
+    assert document["backend"] == backend
+    assert document["versions"]["keras_backend"] == backend
+    assert document["versions"][backend]
+    runs = {run["mode"]: run for run in document["runs"]}
+    assert set(runs) == set(FRAMEWORK_MODES)
+    memory = {"torch": ("saved_bytes",), "jax": ("temp_bytes", "total_bytes", "residual_bytes")}
+    for mode, run in runs.items():
+        assert run["status"] == "ok", run
+        assert run["backend"] == backend and run["model"] == "mlp"
+        for field in memory[backend] + ("step_median_seconds", "first_step_seconds",
+                                        "parameters"):
+            _positive_finite(run[field], f"{mode} {field}")
+        assert len(run["step_seconds"]) == 1
+        assert all(math.isfinite(loss) for loss in run["losses"])
+        assert run["activation_bytes"] is not None
+    # the same weights and batch in every mode: Keras, nestad and recompute start from one loss
+    first = runs["keras"]["losses"][0]
+    for mode in ("nestad", "recompute"):
+        assert runs[mode]["losses"][0] == pytest.approx(first, rel=1e-5)
+    assert runs["keras"]["activations"]["replaced"] == 0
+    assert runs["nestad"]["activations"]["replaced"] == 2  # mish and gelu, include= both
+    assert runs["nestad"]["activations"]["replaced_activations"] == ["gelu", "mish"]
+    assert runs["floor"]["activation_bytes"] == 0
+    # Keras' mish keeps more than f' on both frameworks (torch: x and tanh(softplus(x)))
+    primary = "saved_bytes" if backend == "torch" else "residual_bytes"
+    assert runs["nestad"][primary] < runs["keras"][primary]
+    assert runs["nestad"][primary] <= runs["recompute"][primary]
+    ratios = document["comparisons"]["mlp"]
+    key = "saved" if backend == "torch" else "temp"
+    for name in (f"{key} keras/nestad", f"{key} nestad/recompute", "time nestad/keras",
+                 "time recompute/nestad"):
+        _positive_finite(ratios[name], name)
+    assert {t["metric"] for t in document["targets"]} >= {f"{key} nestad/keras",
+                                                          "time nestad/keras"}
+    assert all(t["backend"] == backend for t in document["targets"])
+    assert f"KERAS_BACKEND={backend}" in stdout and "issue-14 targets" in stdout
+
+
+def test_framework_targets_read_only_their_backend():
+    from nestad_tf.bench import targets  # pylint: disable=g-import-not-at-top
+
+    figures = {"keras": {"saved": 200, "time": 1.0}, "nestad": {"saved": 200, "time": 0.9},
+               "recompute": {"saved": 250, "time": 1.2}}
+    ratios = targets.comparisons(figures, metrics=("saved", "time"))
+    records = {r["metric"]: r for r in targets.evaluate({"m": ratios}, backend="torch")}
+    assert records["saved nestad/keras"]["met"] is False  # equal is not "keeps less"
+    assert records["saved nestad/recompute"]["met"] is True
+    assert records["time nestad/keras"]["met"] is True
+    tensorflow = targets.evaluate({"m": ratios})  # the TensorFlow targets: only time is shared
+    assert [r["metric"] for r in tensorflow] == ["time nestad/keras"]
+    assert all("backend" not in r for r in tensorflow)
+
+
+def test_recompute_mode_names_the_backend_wrapper():
+    (activation,) = [a for a in (getattr(layer, "activation", None) for layer in
+                                 models.apply_mode(_tiny_mlp(), "recompute").layers)
+                     if isinstance(a, models.RecomputedActivation)][:1]
+    assert repr(activation).startswith("tf.recompute_grad(")

@@ -9,7 +9,9 @@ XLA off and on), each in a process of its own: peak allocator memory,
 activation memory (peak minus the floor peak), per-sample slope, step time.
 `kernel` measures the GB/s of the fused kernels against TF ops, XLA and the
 copy bandwidth. Both print a table and write JSON and a PNG chart; see
-BENCHMARKS.md for the results and how to read them.
+BENCHMARKS.md for the results and how to read them. `model --backend torch|jax`
+runs the same comparison on Keras' torch and JAX backends (bytes autograd saves,
+XLA's buffers; frameworks.py).
 """
 
 from .cli import build_parser, main

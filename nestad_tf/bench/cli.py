@@ -11,6 +11,7 @@ import threading
 import time
 from typing import List, Optional
 
+from . import frameworks as _frameworks
 from . import models as _models
 from . import report as _report
 from . import targets as _targets
@@ -23,7 +24,8 @@ own activations, recomputation (tf.recompute_grad) and XLA.
 
   model   peak memory, activation memory and step time of one training step
           (forward, backward, Adam update in a tf.function) per model and mode,
-          each mode in a process of its own
+          each mode in a process of its own; --backend torch|jax: the same on
+          Keras' torch and JAX backends (bytes autograd saves / XLA's buffers)
   kernel  GB/s of the fused kernels against TF ops, XLA and the copy bandwidth
 
 Each writes a table to stdout, a JSON file with every raw figure (and the
@@ -46,9 +48,34 @@ figures: peak = allocator peak over the timed steps (weights, optimizer state an
 batch included); act = peak - floor peak; MiB/sample = (peak(batch) -
 peak(slope batch)) / (batch - slope batch); step = median of the timed steps.
 
+--backend torch|jax (issue 14): one process per model, with KERAS_BACKEND set, builds
+every mode and interleaves their timed steps (round r runs one step of each mode, the
+order rotated by r; --steps rounds), so that a change of load hits every mode alike.
+Models default to {', '.join(_frameworks.ISSUE_MODELS)}; defaults batch 8,
+bert_like 128 tokens and --bert-layers {_frameworks.DEFAULT_BERT_LAYERS}, efficientnet_b0_mish 96 px.
+Modes there:
+  keras        the model as Keras builds it
+  nestad       nestad_tf.convert(model, include=<every activation of the model>,
+               backend="kernel", fuse_normalization=False): every activation keeps f'
+  nestad-auto  nestad_tf.convert(model, backend="kernel", fuse_normalization=False): the
+               default rule, measured on that framework (torch's gelu/silu keep only x)
+  nestad-tf    nestad with backend="tf": torch.func.jvp / jax.jvp of Keras' definition
+  nestad-fused nestad_tf.convert(model, backend="kernel"): BatchNormalization fused where
+               the library can on that backend (not run by default)
+  recompute    every activation Keras' own inside torch.utils.checkpoint.checkpoint(fn, x,
+               use_reentrant=False) / jax.checkpoint(fn)
+  floor        every activation the identity
+figures there: torch (eager model.train_on_batch, as fit runs it): saved = bytes autograd
+saves in one step (saved_tensors_hooks, once per storage, weights left out). JAX
+(jax.jit(model.train_step, donate_argnums=0), what fit compiles): temp = XLA's temp
+buffer (compiled.memory_analysis()), total = arguments + outputs - aliased + temp,
+residual = bytes of the loss VJP's residuals (weights left out). act = the figure minus
+the floor's. --xla and --slope-batch do not apply (torch runs eager, JAX jitted).
+
 example:
   python -m nestad_tf.bench model --model efficientnet_b0_mish
   python -m nestad_tf.bench model --model MobileNetV3Small --batch 8 --size 96 --xla off
+  python -m nestad_tf.bench model --backend torch --model bert_like,efficientnet_b0_mish
 """
 
 KERNEL_EPILOG = """\
@@ -85,14 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Memory and step time of one training step per model and mode, each "
                     "mode in its own process.",
         epilog=MODEL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model.add_argument("--backend", choices=("tensorflow",) + _frameworks.BACKENDS,
+                       default="tensorflow",
+                       help="Keras backend of the runs (default: %(default)s); torch and jax: "
+                            "see below")
     model.add_argument("--model", action="append", metavar="NAME",
-                       help="model to run (repeat or comma-separate; 'all': the issue's four). "
-                            "Default: all")
-    model.add_argument("--modes", default=",".join(_models.DEFAULT_MODES),
+                       help="model to run (repeat or comma-separate; 'all': the issue's four, "
+                            "on torch/jax the issue-14 two). Default: all")
+    model.add_argument("--modes",
                        help=f"comma-separated modes out of {', '.join(_models.MODES)} "
-                            "(default: %(default)s)")
+                            f"(default: {','.join(_models.DEFAULT_MODES)}); torch/jax: out of "
+                            f"{', '.join(_frameworks.MODES)} "
+                            f"(default: {','.join(_frameworks.DEFAULT_MODES)})")
     model.add_argument("--xla", choices=("off", "on", "both"), default="both",
-                       help="run with jit_compile off, on, or both (default: %(default)s)")
+                       help="run with jit_compile off, on, or both (default: %(default)s; "
+                            "TensorFlow only)")
     model.add_argument("--batch", type=int, help="batch size (default: the model's, see below)")
     model.add_argument("--slope-batch", type=int,
                        help="second batch size for the per-sample slope (default: batch // 2; "
@@ -100,18 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--size", type=int,
                        help="image side in pixels, sequence length (bert_like) or width (mlp)")
     model.add_argument("--steps", type=int, default=5,
-                       help="timed steps, at least 5 for the issue's figures (default: %(default)s)")
+                       help="timed steps, at least 5 for the issue's figures (default: "
+                            "%(default)s); torch/jax: timed rounds of interleaved steps")
     model.add_argument("--warmup", type=int, default=2,
                        help="untimed steps first, the first one traces (default: %(default)s)")
     model.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="optimizer of the training step (default: %(default)s)")
-    model.add_argument("--bert-layers", type=int, default=4,
-                       help="encoder layers of bert_like (default: %(default)s)")
+    model.add_argument("--bert-layers", type=int,
+                       help=f"encoder layers of bert_like (default: 4; torch/jax: "
+                            f"{_frameworks.DEFAULT_BERT_LAYERS})")
     model.add_argument("--mlp-depth", type=int, default=4, help="Dense layers of mlp (default: 4)")
     model.add_argument("--classes", type=int, default=1000,
                        help="classes of image models (default: %(default)s)")
     model.add_argument("--threads", type=int, default=0,
-                       help="intra-op threads (default 0: TensorFlow's choice)")
+                       help="intra-op threads (default 0: TensorFlow's choice; torch: "
+                            "torch.set_num_threads; jax: not limited by this option)")
     model.add_argument("--inter-threads", type=int, default=0,
                        help="inter-op threads (default 0: TensorFlow's choice; 1 runs ops one at a "
                             "time, which did not make the peak repeatable here)")
@@ -173,11 +210,11 @@ def _log(message):
 # --- model ----------------------------------------------------------------------
 
 
-def _model_names(values: Optional[List[str]]) -> List[str]:
+def _model_names(values: Optional[List[str]], every=ISSUE_MODELS) -> List[str]:
     names = []
     for value in values or ["all"]:
         for name in _names(value):
-            names.extend(ISSUE_MODELS if name == "all" else [name])
+            names.extend(every if name == "all" else [name])
     for name in names:
         if not _models.known_model(name):
             raise SystemExit(f"unknown model {name!r}: use one of {', '.join(_models.MODELS)}, "
@@ -185,23 +222,27 @@ def _model_names(values: Optional[List[str]]) -> List[str]:
     return names
 
 
-def _worker_env():
+def _worker_env(backend="tensorflow"):
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["KERAS_BACKEND"] = backend  # read by Keras at its first import, in the worker
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    """Runs one measurement in a fresh Python process; returns its result (or the failure)."""
+    """Runs one measurement in a fresh Python process; returns its result (or the failure).
+
+    The process runs Keras on spec["backend"] (default tensorflow).
+    """
     with tempfile.TemporaryDirectory(prefix="nestad_bench_") as tmp:
         spec_path, result_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "result.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         command = [sys.executable, "-m", "nestad_tf.bench.worker", spec_path, result_path]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                   text=True, env=_worker_env())
+                                   text=True, env=_worker_env(spec.get("backend", "tensorflow")))
         tail: List[str] = []
 
         def follow():  # progress lines as they come; the last lines kept for failures
@@ -229,8 +270,12 @@ def run_worker(spec: dict, timeout: float) -> dict:
 
 
 def run_models(args) -> dict:
+    if args.backend != "tensorflow":
+        return run_framework_models(args)
+    if args.bert_layers is None:
+        args.bert_layers = 4
     names = _model_names(args.model)
-    modes = _names(args.modes)
+    modes = _names(args.modes or ",".join(_models.DEFAULT_MODES))
     for mode in modes:
         if mode not in _models.MODES:
             raise SystemExit(f"unknown mode {mode!r}; modes: {', '.join(_models.MODES)}")
@@ -297,6 +342,85 @@ def run_models(args) -> dict:
     print(_report.targets_table(document["targets"]))
     if png_path:
         _report.model_chart(table, png_path)
+    print(f"\nJSON: {json_path}" + (f"\nPNG:  {png_path}" if png_path else ""))
+    return document
+
+
+def run_framework_models(args) -> dict:
+    """`model --backend torch|jax` (issue 14): see frameworks.py for what is measured."""
+    backend = args.backend
+    if args.bert_layers is None:
+        args.bert_layers = _frameworks.DEFAULT_BERT_LAYERS
+    names = _model_names(args.model, _frameworks.ISSUE_MODELS)
+    modes = _names(args.modes or ",".join(_frameworks.DEFAULT_MODES))
+    for mode in modes:
+        if mode not in _frameworks.MODES:
+            raise SystemExit(f"unknown mode {mode!r} on {backend}; modes: "
+                             f"{', '.join(_frameworks.MODES)}")
+    json_path, png_path = _output_paths(args, f"model-{backend}")
+    document = {"kind": "model", "backend": backend,
+                "command": " ".join(["python -m nestad_tf.bench"] + sys.argv[1:]),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": _report.machine_info(), "settings": {}, "runs": []}
+    plan = []
+    for name in names:
+        spec = _models.model_spec(name)
+        default_batch, default_size = _frameworks.defaults(name, spec)
+        batch, size = args.batch or default_batch, args.size or default_size
+        document["settings"][name] = {
+            "backend": backend, "batch": batch, "size": size, "size_unit": spec.size_name,
+            "steps": args.steps, "warmup": args.warmup, "optimizer": args.optimizer,
+            "bert_layers": args.bert_layers if name == "bert_like" else None,
+            "threads": args.threads, "description": spec.description,
+            "step": _frameworks.STEP_DESCRIPTION[backend]}
+        plan.append({"backend": backend, "model": name, "modes": modes, "batch": batch,
+                     "size": size, "steps": args.steps, "warmup": args.warmup,
+                     "optimizer": args.optimizer, "intra_threads": args.threads,
+                     "options": {"bert_layers": args.bert_layers, "mlp_depth": args.mlp_depth,
+                                 "classes": args.classes}})
+    started = time.monotonic()
+    primary = _frameworks.PRIMARY[backend]
+    primary_key = dict((m, k) for m, k, _ in _frameworks.METRICS[backend])[primary]
+    for index, spec in enumerate(plan, 1):  # one process per model, its modes interleaved
+        _log(f"[{index}/{len(plan)}] {spec['model']} on {backend}: {', '.join(modes)} "
+             f"(elapsed {time.monotonic() - started:.0f} s)")
+        load_before = _report.machine_info()["load_average"]
+        run_started = time.monotonic()
+        result = run_worker(spec, args.timeout)
+        wall = time.monotonic() - run_started
+        load_after = _report.machine_info()["load_average"]
+        runs = result.get("runs") if result["status"] == "ok" else [
+            dict(result, mode=mode) for mode in modes]
+        for run in runs:
+            if run["status"] == "ok":
+                _log(f"      {run['mode']:<12} {primary} {run[primary_key] / _report.MIB:.1f} MiB, "
+                     f"steps {min(run['step_seconds']):.3f}-{max(run['step_seconds']):.3f} s")
+            else:
+                _log(f"      {run['mode']:<12} FAILED ({run['reason']}):\n        " +
+                     "\n        ".join(run.get("stderr_tail", [])[-8:]))
+            record = {"backend": backend, "model": spec["model"], "mode": run["mode"],
+                      "xla": backend == "jax", "batch": spec["batch"], "slope_batch": None,
+                      "size": spec["size"]}
+            record.update(run)
+            record.update({"wall_seconds": wall, "load_average_before": load_before,
+                           "load_average_after": load_after})
+            document["runs"].append(record)
+        _log(f"      ({wall:.0f} s)")
+        _write_json(json_path, document)  # partial results survive an interrupted run
+
+    document["versions"] = next((run["versions"] for run in document["runs"]
+                                 if run.get("versions")), None)
+    document["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    table = _report.derive_frameworks(document["runs"], backend)
+    comparisons = _report.framework_comparisons(table, backend)
+    document["comparisons"] = comparisons
+    document["targets"] = _targets.evaluate(comparisons, backend=backend)
+    _write_json(json_path, document)
+    print(_report.framework_table(table, comparisons, backend, document["settings"]))
+    print(_report.targets_table(document["targets"],
+                                f"issue-14 targets (KERAS_BACKEND={backend}):", digits=4))
+    if png_path:
+        _report.framework_chart(table, backend, png_path)
     print(f"\nJSON: {json_path}" + (f"\nPNG:  {png_path}" if png_path else ""))
     return document
 

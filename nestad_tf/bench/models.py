@@ -14,7 +14,8 @@ Modes (what the activations become; everything else is the same model):
 
     keras        the model as Keras builds it
     recompute    every activation wrapped in tf.recompute_grad (keeps x, recomputes f
-                 in the backward pass)
+                 in the backward pass; torch.utils.checkpoint / jax.checkpoint on Keras'
+                 torch / JAX backends, whose modes are in frameworks.py)
     nestad       nestad_tf.convert(model, backend="kernel", fuse_normalization=False):
                  the default rule, which replaces only activations where nestad keeps
                  fewer bytes, each activation on its own (f' kept)
@@ -204,19 +205,30 @@ class KerasActivation:
 
 
 class RecomputedActivation(KerasActivation):
-    """Keras' activation under `tf.recompute_grad`: keeps x, recomputes f(x) for the gradient."""
+    """Keras' activation recomputed in the backward pass: keeps x, recomputes f(x) for the gradient.
+
+    The Keras backend's own checkpointing: `tf.recompute_grad` (tensorflow),
+    `torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)` (torch),
+    `jax.checkpoint(fn)` (jax).
+    """
+
+    _WRAPPERS = {"tensorflow": "tf.recompute_grad", "torch": "torch.utils.checkpoint.checkpoint",
+                 "jax": "jax.checkpoint"}
 
     def __init__(self, name: str, params: Dict[str, Any]):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import keras  # pylint: disable=g-import-not-at-top
+
+        from .frameworks import recompute_wrapper  # pylint: disable=g-import-not-at-top
 
         super().__init__(name, params)
-        self._recomputed = tf.recompute_grad(self._function)
+        self.backend = keras.backend.backend()
+        self._recomputed = recompute_wrapper(self._function, self.backend)
 
     def __call__(self, x):
         return self._recomputed(x)
 
     def __repr__(self):
-        return f"tf.recompute_grad(keras.activations.{self.name})"
+        return f"{self._WRAPPERS.get(self.backend, 'recompute')}(keras.activations.{self.name})"
 
 
 class IdentityActivation:

@@ -159,14 +159,15 @@ def model_table(table, comparisons) -> str:
     return "\n".join(lines)
 
 
-def targets_table(records: List[dict]) -> str:
+def targets_table(records: List[dict], title: str = "issue-7 targets (XLA off):",
+                  digits: int = 2) -> str:
     if not records:
         return ""
-    lines = ["", "issue-7 targets (XLA off):"]
+    lines = ["", title]
     for record in records:
         name = record.get("model") or f"{record['activation']} {record['direction']}"
         lines.append(f"  {'met    ' if record['met'] else 'NOT met'}  {name:<22} "
-                     f"{record['target']:<36} measured {record['value']:.2f}")
+                     f"{record['target']:<36} measured {record['value']:.{digits}f}")
     return "\n".join(lines)
 
 
@@ -192,24 +193,190 @@ def model_chart(table, path: str) -> None:
                 times.append(run["step_median_seconds"])
                 low.append(run["step_median_seconds"] - run["step_min_seconds"])
                 high.append(run["step_max_seconds"] - run["step_median_seconds"])
-        positions = range(len(labels))
-        memory, speed = axes[row]
-        memory.barh(positions, peaks, color="tab:blue", label="peak")
-        memory.barh(positions, [min(f, p) for f, p in zip(floors, peaks)], color="tab:gray",
-                    alpha=0.6, label="floor peak (no activation memory)")
-        memory.set_yticks(list(positions), labels)
-        memory.invert_yaxis()
-        memory.set_xlabel("peak allocator memory of a training step (MiB)")
-        memory.set_title(f"{model}: memory")
-        memory.legend(loc="lower right", fontsize=7)
-        speed.barh(positions, times, xerr=[low, high], color="tab:orange")
-        speed.set_yticks(list(positions), labels)
-        speed.invert_yaxis()
-        speed.set_xlabel("step time (s), median with min-max")
-        speed.set_title(f"{model}: step time")
+        _memory_and_time(axes[row], labels, (peaks, "peak"),
+                         ([min(f, p) for f, p in zip(floors, peaks)],
+                          "floor peak (no activation memory)"),
+                         "peak allocator memory of a training step (MiB)", (times, low, high),
+                         model)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+# --- model runs on Keras' torch and JAX backends (issue 14) ---------------------
+
+
+def derive_frameworks(runs: List[dict], backend: str) -> Dict[str, Dict[str, dict]]:
+    """Step-time statistics and activation bytes (figure minus the floor's) per run.
+
+    Returns model -> mode -> run. activation_bytes is the backend's primary memory
+    figure (torch: saved_bytes; JAX: temp_bytes) minus the floor run's;
+    activation_<metric>_bytes the same for every memory figure.
+    """
+    from . import frameworks as _frameworks  # pylint: disable=g-import-not-at-top
+
+    table: Dict[str, Dict[str, dict]] = {}
+    for run in runs:
+        table.setdefault(run["model"], {})[run["mode"]] = run
+        if run.get("status") != "ok":
+            continue
+        seconds = run["step_seconds"]
+        run["step_median_seconds"] = statistics.median(seconds)
+        run["step_min_seconds"] = min(seconds)
+        run["step_max_seconds"] = max(seconds)
+    primary = _frameworks.PRIMARY[backend]
+    for modes in table.values():
+        floor = modes.get("floor")
+        for run in modes.values():
+            if not _ok(run):
+                continue
+            for metric, key, _ in _frameworks.METRICS[backend]:
+                value = (run[key] - floor[key] if _ok(floor) and run.get(key) is not None
+                         and floor.get(key) is not None else None)
+                run[f"activation_{metric}_bytes"] = value
+                if metric == primary:
+                    run["activation_bytes"] = value
+    return table
+
+
+FRAMEWORK_PAIRS = (("keras", "nestad"), ("nestad", "keras"), ("nestad", "recompute"),
+                   ("recompute", "nestad"), ("keras", "recompute"), ("keras", "nestad-auto"),
+                   ("nestad-auto", "keras"), ("nestad-auto", "recompute"), ("keras", "nestad-tf"),
+                   ("nestad-tf", "keras"), ("nestad-tf", "nestad"), ("keras", "nestad-fused"),
+                   ("nestad-fused", "keras"), ("keras", "floor"), ("nestad", "floor"))
+
+
+def framework_comparisons(table, backend: str) -> Dict[str, Dict[str, float]]:
+    """model -> ratios ("saved keras/nestad", "temp nestad/recompute", "time nestad/keras", ...)."""
+    from . import frameworks as _frameworks  # pylint: disable=g-import-not-at-top
+
+    out = {}
+    metrics = [metric for metric, _, _ in _frameworks.METRICS[backend]] + ["act", "time",
+                                                                          "time-min"]
+    for model, modes in table.items():
+        figures = {mode: _frameworks.figures(run, backend) for mode, run in modes.items()
+                   if _ok(run)}
+        out[model] = _targets.comparisons(figures, pairs=FRAMEWORK_PAIRS, metrics=metrics)
+    return out
+
+
+def framework_table(table, comparisons, backend: str, settings: Dict[str, dict]) -> str:
+    """The stdout table of a `model --backend torch|jax` run."""
+    from . import frameworks as _frameworks  # pylint: disable=g-import-not-at-top
+
+    metrics = _frameworks.METRICS[backend]
+    primary = _frameworks.PRIMARY[backend]
+    columns = []
+    for metric, _, _ in metrics:
+        columns.append(f"{metric + ' MiB':>12}")
+        if metric == primary:
+            columns += [f"{'x keras':>8}", f"{'act MiB':>8}", f"{'x keras':>8}"]
+    header = (f"{'mode':<12} " + " ".join(columns) + f" {'tensors':>7} "
+              f"{'step s (min-max)':>22} {'x keras':>8}"
+              + (f" {'compile s':>9}" if backend == "jax" else "") + "  activations rewritten")
+    lines = []
+    for model, modes in table.items():
+        setting = settings.get(model, {})
+        first = next(iter(modes.values()))
+        layers = f", {setting['bert_layers']} layers" if setting.get("bert_layers") else ""
+        lines.append("")
+        lines.append(f"{model} on KERAS_BACKEND={backend}: batch {first['batch']}, size "
+                     f"{first['size']} {setting.get('size_unit', '')}{layers}, "
+                     f"{setting.get('optimizer', '')}; "
+                     f"step: {_frameworks.STEP_DESCRIPTION[backend]}")
+        lines.append(header)
+        keras_run = modes.get("keras")
+        for mode, run in modes.items():
+            if not _ok(run):
+                lines.append(f"{mode:<12} {run.get('status')}: {run.get('reason', '')}")
+                continue
+            cells = []
+            for metric, key, _ in metrics:
+                cells.append(f"{_mib(run.get(key)):>12}")
+                if metric == primary:
+                    ratio = act_ratio = None
+                    if _ok(keras_run):
+                        ratio = _targets.ratio(keras_run.get(key), run.get(key))
+                        act_ratio = _targets.ratio(keras_run.get("activation_bytes"),
+                                                   run.get("activation_bytes"))
+                    cells += [f"{_fmt_ratio(ratio):>8}", f"{_mib(run.get('activation_bytes')):>8}",
+                              f"{_fmt_ratio(act_ratio):>8}"]
+            tensors = run.get("saved_tensors", run.get("residual_tensors"))
+            time_ratio = (_targets.ratio(run["step_median_seconds"],
+                                         keras_run["step_median_seconds"])
+                          if _ok(keras_run) else None)
+            step = (f"{run['step_median_seconds']:.3f} ({run['step_min_seconds']:.3f}-"
+                    f"{run['step_max_seconds']:.3f})")
+            summary = run.get("activations", {})
+            acts = f"{summary.get('replaced', 0)}/{summary.get('total', 0)}"
+            compile_cell = (f" {run.get('compile_seconds', 0):>9.1f}" if backend == "jax" else "")
+            tensors = "-" if tensors is None else tensors
+            lines.append(f"{mode:<12} " + " ".join(cells) + f" {tensors:>7} "
+                         f"{step:>22} {_fmt_ratio(time_ratio):>8}{compile_cell}  {acts}")
+        ratios = comparisons.get(model, {})
+        shown = [f"{primary} keras/nestad", "act keras/nestad", f"{primary} recompute/nestad",
+                 f"{primary} keras/nestad-auto", "time nestad/keras", "time recompute/nestad",
+                 "time nestad-tf/keras", "time-min nestad/keras", "time-min recompute/nestad"]
+        if backend == "jax":
+            shown[3:3] = ["residual keras/nestad", "residual recompute/nestad"]
+        parts = [f"{name} {ratios[name]:.2f}" for name in shown if name in ratios]
+        if parts:
+            lines.append("ratios: " + ", ".join(parts))
+    lines.append("")
+    descriptions = "; ".join(f"{metric} = {text}" for metric, _, text in metrics)
+    lines.append(f"x keras: keras/mode for memory (higher is better), mode/keras for step time "
+                 f"(median; lower is better; time-min: of the fastest steps); {descriptions}; "
+                 f"act = {primary} minus the floor's; "
+                 f"tensors = distinct {'storages saved' if backend == 'torch' else 'residuals'}.")
+    return "\n".join(lines)
+
+
+def framework_chart(table, backend: str, path: str) -> None:
+    """PNG: the primary memory figure (floor part shaded) and step time per model and mode."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    from . import frameworks as _frameworks  # pylint: disable=g-import-not-at-top
+
+    primary = _frameworks.PRIMARY[backend]
+    key, label = next((k, text) for m, k, text in _frameworks.METRICS[backend] if m == primary)
+    models = list(table)
+    figure, axes = plt.subplots(len(models), 2, figsize=(12, 3.2 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        runs = [(mode, run) for mode, run in table[model].items() if _ok(run)]
+        floor = table[model].get("floor")
+        labels = [mode for mode, _ in runs]
+        values = [run[key] / MIB for _, run in runs]
+        floors = [min(floor[key] / MIB, v) if _ok(floor) else 0.0 for v in values]
+        times = [run["step_median_seconds"] for _, run in runs]
+        low = [run["step_median_seconds"] - run["step_min_seconds"] for _, run in runs]
+        high = [run["step_max_seconds"] - run["step_median_seconds"] for _, run in runs]
+        _memory_and_time(axes[row], labels, (values, primary), (floors, "floor"), label,
+                         (times, low, high), f"{model} ({backend})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _memory_and_time(axes, labels, values, floors, memory_label, times, title):
+    """One chart row: memory bars (values over the floor's) and step-time bars with
+    min-max error bars. values, floors: (numbers, legend label); times: (median, low, high)."""
+    positions = range(len(labels))
+    memory, speed = axes
+    memory.barh(positions, values[0], color="tab:blue", label=values[1])
+    memory.barh(positions, floors[0], color="tab:gray", alpha=0.6, label=floors[1])
+    memory.set_xlabel(memory_label)
+    memory.set_title(f"{title}: memory")
+    memory.legend(loc="lower right", fontsize=7)
+    median, low, high = times
+    speed.barh(positions, median, xerr=[low, high], color="tab:orange")
+    speed.set_xlabel("step time (s), median with min-max")
+    speed.set_title(f"{title}: step time")
+    for chart in (memory, speed):
+        chart.set_yticks(list(positions), labels)
+        chart.invert_yaxis()
 
 
 # --- kernel runs ----------------------------------------------------------------

@@ -15,6 +15,9 @@ measures:
   slope_peak_bytes  the same peak at `slope_batch` (the per-sample slope comes from both)
   step_seconds      every timed step (the parent reports the median, min and max)
 
+On Keras' torch and JAX backends (spec["backend"], issue 14) one process measures
+every mode of one model instead, their steps interleaved: `nestad_tf.bench.frameworks.run`.
+
 Progress goes to stderr as lines starting with "[bench]".
 """
 
@@ -32,6 +35,10 @@ def _progress(message):
 
 def run(spec):
     """Runs one measurement described by `spec` (a dict, see cli.py) and returns a dict."""
+    if spec.get("backend", "tensorflow") != "tensorflow":  # Keras on torch / JAX (issue 14)
+        from . import frameworks  # pylint: disable=g-import-not-at-top
+
+        return frameworks.run(spec)
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     if spec.get("intra_threads"):
@@ -159,16 +166,22 @@ def versions():
     import nestad_tf  # pylint: disable=g-import-not-at-top
 
     info = nestad_tf.backend_info()
-    return {
+    found = {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
         "numpy": numpy.__version__,
         "nestad_tf": nestad_tf.__version__,
         "nestad_kernels": info["reason"],
         "nestad_kernel_library": _file_stamp(info["library"]),
         "nestad_commit": _git_commit(),
     }
+    for framework in ("torch", "jax", "jaxlib"):  # only the ones this run imported
+        module = sys.modules.get(framework)
+        if module is not None:
+            found[framework] = getattr(module, "__version__", None)
+    return found
 
 
 def _file_stamp(path):
