@@ -285,7 +285,19 @@ def saved_storages(step, exclude_pointers=()):
                  "saved_weight_bytes": int(sum(weights.values())), "saved_calls": calls[0]}
 
 
-class _TorchRunner:
+class _Runner:
+    """What both runners share: a timed training step (`_step` returns the loss)."""
+
+    def _step(self) -> float:
+        raise NotImplementedError
+
+    def timed_step(self):
+        started = time.perf_counter()
+        loss = self._step()
+        return time.perf_counter() - started, loss
+
+
+class _TorchRunner(_Runner):
     """`model.train_on_batch` on torch tensors (eager, Keras' TorchTrainer step)."""
 
     def __init__(self, model, x_np, y_np):
@@ -311,11 +323,6 @@ class _TorchRunner:
             self.losses.append(self._step())
         saved["first_step_seconds"] = first
         return saved
-
-    def timed_step(self):
-        started = time.perf_counter()
-        loss = self._step()
-        return time.perf_counter() - started, loss
 
     def threads(self):
         import torch  # pylint: disable=g-import-not-at-top
@@ -360,7 +367,7 @@ def residual_bytes(model, state, data) -> Optional[Dict]:
             "residual_weight_bytes": int(weights)}
 
 
-class _JaxRunner:
+class _JaxRunner(_Runner):
     """Keras' JAXTrainer.train_step in jax.jit(donate_argnums=0), the state carried along
     as `fit` carries it (and written back to the variables at no point: only the
     figures matter here)."""
@@ -414,11 +421,6 @@ class _JaxRunner:
         for _ in range(max(warmup - 1, 0)):
             self.losses.append(self._step())
         return result
-
-    def timed_step(self):
-        started = time.perf_counter()
-        loss = self._step()
-        return time.perf_counter() - started, loss
 
     def threads(self):
         import jax  # pylint: disable=g-import-not-at-top

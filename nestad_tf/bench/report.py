@@ -32,6 +32,14 @@ def machine_info() -> dict:
 # --- model runs -----------------------------------------------------------------
 
 
+def _add_step_statistics(run: dict) -> None:
+    """step_median/min/max_seconds of a successful run, from its step_seconds."""
+    seconds = run["step_seconds"]
+    run["step_median_seconds"] = statistics.median(seconds)
+    run["step_min_seconds"] = min(seconds)
+    run["step_max_seconds"] = max(seconds)
+
+
 def derive(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:
     """Adds step-time statistics, activation memory and per-sample slopes to each run.
 
@@ -44,10 +52,7 @@ def derive(runs: List[dict]) -> Dict[str, Dict[str, Dict[str, dict]]]:
         table.setdefault(run["model"], {}).setdefault(_setting(run["xla"]), {})[run["mode"]] = run
         if run.get("status") != "ok":
             continue
-        seconds = run["step_seconds"]
-        run["step_median_seconds"] = statistics.median(seconds)
-        run["step_min_seconds"] = min(seconds)
-        run["step_max_seconds"] = max(seconds)
+        _add_step_statistics(run)
         if run.get("slope_peak_bytes") is not None and run["batch"] != run["slope_batch"]:
             run["peak_bytes_per_sample"] = ((run["peak_bytes"] - run["slope_peak_bytes"])
                                             / (run["batch"] - run["slope_batch"]))
@@ -220,10 +225,7 @@ def derive_frameworks(runs: List[dict], backend: str) -> Dict[str, Dict[str, dic
         table.setdefault(run["model"], {})[run["mode"]] = run
         if run.get("status") != "ok":
             continue
-        seconds = run["step_seconds"]
-        run["step_median_seconds"] = statistics.median(seconds)
-        run["step_min_seconds"] = min(seconds)
-        run["step_max_seconds"] = max(seconds)
+        _add_step_statistics(run)
     primary = _frameworks.PRIMARY[backend]
     for modes in table.values():
         floor = modes.get("floor")
