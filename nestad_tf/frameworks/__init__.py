@@ -320,15 +320,16 @@ def _probe_elementwise(fw, activation, dtype_name, shape, constants, theta_shape
 # --- BatchNormalization fused with its activation ---
 
 
-def fused_normalization_unavailable(backend: Optional[str] = None) -> Optional[str]:
-    """Why the fused BatchNormalization + activation kernels cannot run here, or None."""
+def fused_normalization_unavailable(backend: Optional[str] = None, z=None) -> Optional[str]:
+    """Why the fused BatchNormalization + activation kernels cannot run here (for z, a
+    tensor of the call; None: a CPU tensor), or None."""
     fw = current()
     if requested_backend(backend) == "tf":
         return "backend='tf' (the fused normalization has kernels only)"
     library = _loader.load()
     if library.module is None:
         return library.reason
-    return fw.kernel_unavailable(fw.as_float([0.0], "probe"), library)
+    return fw.kernel_unavailable(fw.as_float([0.0] if z is None else z, "probe"), library)
 
 
 def batch_norm_activation(z, gamma, beta, mean, variance, spec: registry.ActivationSpec,
@@ -342,7 +343,8 @@ def batch_norm_activation(z, gamma, beta, mean, variance, spec: registry.Activat
     the activation unfused); backend="kernel" there is a ValueError.
     """
     fw = current()
-    why_not = fused_normalization_unavailable(backend)
+    z = fw.as_float(z, spec.name)
+    why_not = fused_normalization_unavailable(backend, z)
     if why_not is None and (spec.kernel is None
                             or any(_is_param_tensor(fw, v) for v in params.values())):
         why_not = "the activation has no fused kernel or has tensor parameters"
@@ -351,7 +353,6 @@ def batch_norm_activation(z, gamma, beta, mean, variance, spec: registry.Activat
             raise ValueError(f"backend='kernel': the fused normalization cannot run on "
                              f"{fw.NAME} here: {why_not}")
         return None
-    z = fw.as_float(z, spec.name)
     rank = len(z.shape)
     if not -rank <= axis < rank:
         raise ValueError(f"axis {axis} is out of range for z of shape {tuple(z.shape)}")
