@@ -126,7 +126,7 @@ def apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
 
     if chosen == "kernel":
         return _apply_kernel(fw, x, spec, params, storage.plan(spec, params, derivative,
-                                                                fw.dtype_name(x)))
+                                                                fw.dtype_name(x)), reference)
     if fw.may_need_gradient(x):  # not for Keras' shape inference on torch "meta" tensors
         _warn_uncompressed(spec.name, derivative, f"the pure path runs here ({fw.NAME}: "
                            "backend='tf', a GPU tensor, or no kernel library)")
@@ -136,29 +136,49 @@ def apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
                          lambda t: fw.in_compute_dtype(reference, t))
 
 
-def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan):
-    """The fused kernels, keeping f' in the form `plan` says (see storage.py)."""
+_STORED_SECOND_ORDER = (
+    "a second-order gradient through nestad activation '{}' needs f''(x), but its derivative "
+    "is stored compressed or recovered from its output; pass derivative='full' to keep f'(x) "
+    "itself, or use the Keras activation")
+
+
+def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan, reference):
+    """The fused kernels, keeping f' in the form `plan` says (see storage.py).
+
+    Higher-order gradients (JAX; torch refuses them all) as on TensorFlow: exact
+    where f'(x) itself is kept or f'' = 0 (their tangents by forward-mode AD of
+    `reference`), else SecondOrderGradientError (see `with_higher_order`).
+    """
     kernel_name, kernel_params = spec.kernel_attrs(params)
 
     def primal(t):  # no gradient asked for: y alone
         return fw.forward_only(t, kernel_name, kernel_params)
 
+    def differentiable(forward, second):
+        return fw.with_higher_order(forward, lambda t: fw.forward_ad(reference, t), second,
+                                    _STORED_SECOND_ORDER.format(spec.name))
+
     if plan.form == "full":
-        return fw.with_saved(x, lambda t: fw.fused_forward(t, kernel_name, kernel_params),
-                             fw.fused_backward, primal)
+        forward = differentiable(lambda t: fw.fused_forward(t, kernel_name, kernel_params),
+                                 "exact")
+        return fw.with_saved(x, forward, fw.fused_backward, primal)
     if plan.form == "output":
-        def forward(t):
+        def output_twice(t):
             y = primal(t)
             return y, y
 
         def backward(dy, y):
             return fw.backward_from_output(dy, y, kernel_name, kernel_params)
 
-        return fw.with_saved(x, forward, backward, primal)
+        piecewise = kernel_name in registry.PIECEWISE_LINEAR_KERNELS
+        return fw.with_saved(x, differentiable(output_twice, "zero" if piecewise else None),
+                             backward, primal)
     quantizer = plan.op_attrs()
-    return fw.with_saved(
-        x, lambda t: fw.quantized_forward(t, kernel_name, kernel_params, quantizer),
-        lambda dy, code: fw.quantized_backward(dy, code, quantizer), primal)
+    forward = differentiable(
+        lambda t: fw.quantized_forward(t, kernel_name, kernel_params, quantizer),
+        "zero" if plan.format == "levels" else None)
+    return fw.with_saved(x, forward, lambda dy, code: fw.quantized_backward(dy, code, quantizer),
+                         primal)
 
 
 def _is_param_tensor(fw, value) -> bool:

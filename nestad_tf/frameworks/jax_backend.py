@@ -8,7 +8,9 @@ The kernels are XLA FFI custom calls (`jax.ffi.ffi_call`) to the same Host
 handlers that TensorFlow's XLA lowering calls (kernels/xla_cpu_ffi.cc), so a
 `jax.jit`-compiled step runs the same CPU loops as TensorFlow; they exist only
 where nestad was built with XLA's headers, and on the CPU platform. Elsewhere
-the pure path: jax.jvp of the Keras definition (XLA fuses it).
+the pure path: jax.jvp of the Keras definition (XLA fuses it). Higher-order
+gradients through the kernels are exact where the kept form allows them, as on
+TensorFlow (`with_higher_order`); the pure path's are jax's own.
 
 Same primitives as torch_backend.py.
 """
@@ -151,6 +153,64 @@ def with_saved_partials(x, thetas: List, forward, primal):
     return activation(x, *thetas)
 
 
+def with_higher_order(forward, reference_forward: Callable, second: Optional[str],
+                      refusal: str = ""):
+    """forward (FFI calls: x -> arrays) made differentiable again, for higher-order gradients.
+
+    A first-order gradient calls the custom_vjp's forward rule on concrete
+    values and never differentiates it; jax.grad of jax.grad (or jax.hessian)
+    does, and an FFI call has no derivative. The tangents come from the pure
+    path, `reference_forward` (x -> (y, f'(x)) by forward-mode AD of the Keras
+    definition), as `second` says (TensorFlow's vocabulary, nestad_tf.ops):
+      "exact": every output is (y, f'(x)): the jvp of the reference carries f''(x);
+      "zero":  f' is piecewise constant (f'' = 0): y's tangent from the reference,
+               the kept tensor's (y again, or exact codes) zero;
+      None:    f' is stored in a form f'' cannot come from: SecondOrderGradientError(refusal).
+    Exact either way, and free unless a higher-order gradient is asked for.
+    """
+
+    @jax.custom_jvp
+    def differentiable(t):
+        return forward(t)
+
+    @differentiable.defjvp
+    def rule(operands, tangents):
+        if second is None:
+            from ..ops import SecondOrderGradientError  # pylint: disable=g-import-not-at-top
+            raise SecondOrderGradientError(refusal)
+        outputs = forward(*operands)
+        _, reference_tangents = jax.jvp(reference_forward, operands, tangents)
+        if second == "exact":
+            return outputs, reference_tangents
+        return outputs, (reference_tangents[0],) + tuple(_zero_tangent(o) for o in outputs[1:])
+
+    return differentiable
+
+
+def _zero_tangent(value):
+    if jnp.issubdtype(value.dtype, jnp.inexact):
+        return jnp.zeros_like(value)
+    return np.zeros(jnp.shape(value), jax.dtypes.float0)
+
+
+def _linear_in_dy(backward):
+    """backward(dy, kept) -> dx = dy * g(kept), differentiable in dy; the kept tensor's
+    tangent is zero wherever `with_higher_order` lets one through. The tangent is a
+    multiply by g(kept) = backward(1, kept), which reverse mode can transpose (an FFI
+    call it could not)."""
+
+    @jax.custom_jvp
+    def differentiable(dy, kept):
+        return backward(dy, kept)
+
+    @differentiable.defjvp
+    def rule(operands, tangents):
+        dy, kept = operands
+        return backward(dy, kept), tangents[0] * backward(jnp.ones_like(dy), kept)
+
+    return differentiable
+
+
 def _sum_to_shape(t, shape):
     extra = t.ndim - len(shape)
     axes = tuple(range(extra)) + tuple(extra + i for i, size in enumerate(shape)
@@ -206,8 +266,18 @@ def fused_forward(x, kernel_name: str, kernel_params: List[float]):
                        activation=kernel_name, params=_bits(kernel_params)))
 
 
+@jax.custom_jvp
+def _product(dy, d):
+    return _call("nestad_fused_activation_grad", _like(d), dy, d)
+
+
+_product.defjvp(lambda operands, tangents: (
+    _product(*operands), tangents[0] * operands[1] + operands[0] * tangents[1]))
+
+
 def fused_backward(dy, d):
-    return _call("nestad_fused_activation_grad", _like(d), dy.astype(d.dtype), d)
+    """dx = dy * d (the kernel; differentiable in both, for higher-order gradients)."""
+    return _product(dy.astype(d.dtype), d)
 
 
 def forward_only(x, kernel_name: str, kernel_params: List[float]):
@@ -216,8 +286,9 @@ def forward_only(x, kernel_name: str, kernel_params: List[float]):
 
 
 def backward_from_output(dy, y, kernel_name: str, kernel_params: List[float]):
-    return _call("nestad_activation_grad_from_output", _like(y), dy.astype(y.dtype), y,
-                 activation=kernel_name, params=_bits(kernel_params))
+    return _linear_in_dy(lambda dy, y: _call(
+        "nestad_activation_grad_from_output", _like(y), dy, y, activation=kernel_name,
+        params=_bits(kernel_params)))(dy.astype(y.dtype), y)
 
 
 def _quantizer(quantizer: Dict) -> Dict:
@@ -236,12 +307,20 @@ def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer
 
 
 def quantized_backward(dy, code, quantizer: Dict):
-    return _call("nestad_activation_grad_quantized", _like(dy), dy, code, **_quantizer(quantizer))
+    return _linear_in_dy(lambda dy, code: _call(
+        "nestad_activation_grad_quantized", _like(dy), dy, code, **_quantizer(quantizer)))(
+            dy, code)
 
 
 def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
     """d sum(fn(x, v)) / dv at v = value (a scalar); a Python branch on v raises TypeError."""
     return np.asarray(jax.grad(lambda v: jnp.sum(fn(jnp.asarray(x), v)))(jnp.float32(value)))
+
+
+NORM_SECOND_ORDER = (
+    "a second-order gradient through nestad's fused BatchNormalization + activation is not "
+    "implemented (its backward pass recomputes from z in the kernels); use BatchNormalization "
+    "followed by the activation where higher-order gradients are needed")
 
 
 def fused_norm(z, gamma, beta, mean, variance, attrs: Dict):
@@ -251,9 +330,18 @@ def fused_norm(z, gamma, beta, mean, variance, attrs: Dict):
                      epsilon=_bits([attrs["epsilon"]]), axis=np.int32(attrs["axis"]),
                      training=np.int32(bool(attrs["training"])))
 
-    def forward(z, gamma, beta, mean, variance):
+    def kernel(z, gamma, beta, mean, variance):
         return tuple(_call("nestad_batch_norm_activation", (_like(z), _like(mean), _like(mean)),
                            z, gamma, beta, mean, variance, **ffi_attrs))
+
+    @jax.custom_jvp
+    def forward(*operands):
+        return kernel(*operands)
+
+    @forward.defjvp
+    def _refuse(operands, tangents):
+        from ..ops import SecondOrderGradientError  # pylint: disable=g-import-not-at-top
+        raise SecondOrderGradientError(NORM_SECOND_ORDER)
 
     @jax.custom_vjp
     def block(z, gamma, beta, mean, variance):

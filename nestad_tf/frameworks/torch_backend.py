@@ -204,6 +204,13 @@ def with_saved_partials(x, thetas: List[torch.Tensor], forward, primal):
     return _SavedPartials.apply(x, forward, *thetas)
 
 
+def with_higher_order(forward, reference_forward, second, refusal: str = ""):
+    """forward unchanged: torch's backward with create_graph=True raises in
+    `_first_order_only` (nestad keeps f', not x)."""
+    del reference_forward, second, refusal
+    return forward
+
+
 # --- the fused kernels, through kernels/c_api.cc ---
 
 

@@ -348,47 +348,118 @@ def test_tensor_parameters_run_forward_mode_ad():
 # --- second-order gradients ---
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_second_order_gradient(backend):
-    """torch: nestad keeps f', not x, so any create_graph=True backward raises (also when the
-    loss adds terms that do need second derivatives, where a silently missing f'' term
-    would be wrong). JAX: the pure path's f' is jax.jvp of the definition, so jax
-    differentiates it again (exact f''); the kernels' FFI calls cannot be differentiated."""
-    values = np.linspace(-2, 2, 9)
-    if FRAMEWORK == "torch":
-        import torch  # pylint: disable=g-import-not-at-top
-
-        x = tensor(values, "float64").requires_grad_(True)
-        for derivative in ("exact", "full"):
-            loss = nestad_tf.mish(x, backend=backend, derivative=derivative).sum() + (x ** 2).sum()
-            with pytest.raises(nestad_tf.SecondOrderGradientError, match="create_graph=True"):
-                torch.autograd.grad(loss, x, create_graph=True)
-        loss = nestad_tf.mish(x, backend=backend).sum()
-        (gradient,) = torch.autograd.grad(loss, x)  # first order still works
-        assert gradient.shape == x.shape
-        return
-    import jax  # pylint: disable=g-import-not-at-top
-
-    def second(activation):
-        def first(t):
-            return jax.grad(lambda u: jax.numpy.sum(activation(u)))(t)
-        return jax.grad(lambda t: jax.numpy.sum(first(t)))(tensor(values, "float64"))
-
-    if backend == "tf":
-        np.testing.assert_allclose(second(lambda t: nestad_tf.mish(t, backend="tf")),
-                                   second(keras.activations.mish), rtol=1e-10, atol=1e-12)
-    else:
-        with pytest.raises(ValueError, match="cannot be differentiated"):
-            second(lambda t: nestad_tf.mish(t, backend="kernel", derivative="full"))
-
-
 @pytest.mark.skipif(FRAMEWORK != "torch", reason="torch's create_graph=True")
-def test_second_order_gradient_through_the_fused_normalization_raises():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_order_gradient_raises_on_torch(backend):
+    """nestad keeps f', not x, so any create_graph=True backward raises (also when the
+    loss adds terms that do need second derivatives, where a silently missing f'' term
+    would be wrong)."""
     import torch  # pylint: disable=g-import-not-at-top
 
+    x = tensor(np.linspace(-2, 2, 9), "float64").requires_grad_(True)
+    for derivative in ("exact", "full"):
+        loss = nestad_tf.mish(x, backend=backend, derivative=derivative).sum() + (x ** 2).sum()
+        with pytest.raises(nestad_tf.SecondOrderGradientError, match="create_graph=True"):
+            torch.autograd.grad(loss, x, create_graph=True)
+    loss = nestad_tf.mish(x, backend=backend).sum()
+    (gradient,) = torch.autograd.grad(loss, x)  # first order still works
+    assert gradient.shape == x.shape
+
+
+def _jax_second_order(activation, jit=False):
+    """d/dx sum((d/dx sum(w * f(x)^2))^2): dy depends on x, so both the f'' term and
+    the backward pass's dependence on dy are exercised."""
+    import jax  # pylint: disable=g-import-not-at-top
+    jnp = jax.numpy
+    x = tensor(np.linspace(-2.2, 2.2, 13) + 0.05, "float64")
+    w = tensor(np.linspace(0.5, 1.5, 13), "float64")
+
+    def first(t):
+        return jax.grad(lambda u: jnp.sum(w * activation(u) ** 2))(t)
+
+    second = jax.grad(lambda t: jnp.sum(first(t) ** 2))
+    return np.asarray((jax.jit(second) if jit else second)(x))
+
+
+# (activation, derivative=) pairs whose kept form allows a second-order gradient, as on
+# TensorFlow: f'(x) itself ("full", and "exact" where that keeps f'), or f' piecewise
+# constant (f'' = 0) kept as y or as exact levels.
+_SECOND_ORDER_EXACT = [("mish", "exact"), ("gelu", "full"), ("silu", "exact"),
+                       ("hard_swish", "exact"), ("elu", "full"), ("softplus", "full"),
+                       ("sigmoid", "full"), ("relu", "exact"), ("relu", "uint8"),
+                       ("relu6", "bits2"), ("hard_sigmoid", "exact")]
+_SECOND_ORDER_REFUSED = [("mish", "uint8"), ("gelu", "bits4"), ("elu", "exact"),
+                         ("sigmoid", "bfloat16")]
+
+
+@pytest.mark.skipif(FRAMEWORK != "jax", reason="JAX differentiates its gradients again")
+@pytest.mark.parametrize("name,derivative", _SECOND_ORDER_EXACT,
+                         ids=[f"{n}-{d}" for n, d in _SECOND_ORDER_EXACT])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_order_gradient_on_jax_matches_keras(backend, name, derivative):
+    """The pure path's f' is jax.jvp of the definition, which jax differentiates again;
+    the kernels' FFI calls get their tangents from it (`with_higher_order`): exact f''."""
+    keras_activation = getattr(keras.activations, name)
+    want = _jax_second_order(keras_activation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pure path keeps f' uncompressed, and says so
+
+        def nestad_activation(t):
+            return getattr(nestad_tf, name)(t, backend=backend, derivative=derivative)
+
+        np.testing.assert_allclose(_jax_second_order(nestad_activation), want,
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(_jax_second_order(nestad_activation, jit=True), want,
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(FRAMEWORK != "jax", reason="JAX differentiates its gradients again")
+@pytest.mark.parametrize("name,derivative", _SECOND_ORDER_REFUSED,
+                         ids=[f"{n}-{d}" for n, d in _SECOND_ORDER_REFUSED])
+def test_second_order_gradient_on_jax_refuses_stored_forms(name, derivative):
+    """f' compressed, or recovered from y where f'' is not 0: no f'' to form, so a clear
+    error (never JAX's "FFI call cannot be differentiated"); first order still works."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    def activation(t):
+        return getattr(nestad_tf, name)(t, backend="kernel", derivative=derivative)
+
+    with pytest.raises(nestad_tf.SecondOrderGradientError, match="derivative='full'"):
+        _jax_second_order(activation)
+    x = tensor(np.linspace(-2, 2, 9))
+    assert jax.grad(lambda t: jax.numpy.sum(activation(t)))(x).shape == x.shape
+
+
+@pytest.mark.skipif(FRAMEWORK != "jax", reason="jax.hessian")
+def test_hessian_through_the_kernels_on_jax():
+    import jax  # pylint: disable=g-import-not-at-top
+
+    x = tensor(np.linspace(-2, 2, 7), "float64")
+
+    def hessian(activation):
+        return np.asarray(jax.hessian(lambda t: jax.numpy.sum(activation(t) ** 3))(x))
+
+    np.testing.assert_allclose(hessian(lambda t: nestad_tf.mish(t, backend="kernel")),
+                               hessian(keras.activations.mish), rtol=1e-10, atol=1e-12)
+
+
+def test_second_order_gradient_through_the_fused_normalization_raises():
     layer = nestad_tf.layers.BatchNormActivation("mish")
     layer.build((8, 4))
-    z = tensor(np.random.default_rng(7).normal(size=(8, 4))).requires_grad_(True)
+    z = tensor(np.random.default_rng(7).normal(size=(8, 4)))
+    if FRAMEWORK == "jax":
+        import jax  # pylint: disable=g-import-not-at-top
+
+        def first(t):
+            return jax.grad(lambda u: jax.numpy.sum(layer(u, training=True)))(t)
+
+        assert first(z).shape == z.shape
+        with pytest.raises(nestad_tf.SecondOrderGradientError, match="not implemented"):
+            jax.grad(lambda t: jax.numpy.sum(first(t) ** 2))(z)
+        return
+    import torch  # pylint: disable=g-import-not-at-top
+
+    z.requires_grad_(True)
     loss = layer(z, training=True).sum() + (z ** 2).sum()
     with pytest.raises(nestad_tf.SecondOrderGradientError, match="create_graph=True"):
         torch.autograd.grad(loss, z, create_graph=True)
