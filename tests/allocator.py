@@ -86,6 +86,34 @@ def growth(run: Callable[[], object]) -> int:
         return current() - before
 
 
+def held_by_eager_tape(activation, rows: int, width: int, depth: int) -> Measurement:
+    """What an eager tape holds after the forward pass of `depth` x (matmul, activation)
+    on a [rows, width] float32 input, repeated; each forward pass is differentiated once
+    afterwards (finite gradient), after `current` has been read."""
+    weights = [tf.random.normal((width, width), stddev=width ** -0.5, seed=i)
+               for i in range(depth)]
+    x = tf.random.normal((rows, width), seed=9)
+
+    def held():
+        tapes = []
+
+        def forward():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                h = x
+                for w in weights:
+                    h = activation(tf.matmul(h, w))
+                loss = tf.reduce_sum(h)
+            tapes.append((tape, loss))  # alive until growth() has read `current`
+
+        grown = growth(forward)
+        tape, loss = tapes.pop()
+        assert bool(tf.reduce_all(tf.math.is_finite(tape.gradient(loss, x))))
+        return grown
+
+    return repeat(held)
+
+
 class FitStepPeaks(keras.callbacks.Callback):
     """`peak_above_current` of every training step of `model.fit`, per batch."""
 

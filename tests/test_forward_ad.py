@@ -579,30 +579,9 @@ def test_eager_tape_holds_one_tensor_per_layer():
     that also kept x reads 2, one that kept nothing 0."""
     rows, width, depth = 1024, 1024, 4
     tensor = rows * width * 4
-    weights = [tf.random.normal((width, width), stddev=width ** -0.5, seed=i)
-               for i in range(depth)]
-    x = tf.random.normal((rows, width), seed=9)
-
-    def held_by_tape(activation):
-        tapes = []
-
-        def forward():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                h = x
-                for w in weights:
-                    h = activation(tf.matmul(h, w))
-                loss = tf.reduce_sum(h)
-            tapes.append((tape, loss))  # alive until growth() has read `current`
-
-        held = allocator.growth(forward)
-        tape, loss = tapes.pop()
-        assert np.isfinite(tape.gradient(loss, x).numpy()).all()
-        return held
-
-    held = {name: allocator.repeat(lambda a=activation: held_by_tape(a)) for name, activation in
-            (("nestad", nestad_tf.forward_ad(mish_composite)), ("relu", tf.nn.relu),
-             ("composite", mish_composite))}
+    held = {name: allocator.held_by_eager_tape(activation, rows, width, depth)
+            for name, activation in (("nestad", nestad_tf.forward_ad(mish_composite)),
+                                     ("relu", tf.nn.relu), ("composite", mish_composite))}
     allocator.record("eager/forward_ad mish", **held)
     extra = (held["nestad"].median - held["relu"].median) / (depth * tensor)
     assert 0.75 <= extra <= 1.25, (extra, held)

@@ -106,28 +106,8 @@ def test_eager_training_keeps_less_than_keras():
     """
     rows, width, depth = 256, 1024, 4
     size = rows * width * 4
-    weights = [tf.random.normal((width, width), stddev=width ** -0.5, seed=i) for i in range(depth)]
-    x = tf.random.normal((rows, width), seed=9)
-
-    def held_by_tape(activation):
-        tapes = []
-
-        def forward():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                h = x
-                for w in weights:
-                    h = activation(tf.matmul(h, w))
-                loss = tf.reduce_sum(h)
-            tapes.append((tape, loss))  # alive until growth() has read `current`
-
-        held = allocator.growth(forward)
-        tape, loss = tapes.pop()
-        assert np.isfinite(tape.gradient(loss, x).numpy()).all()
-        return held
-
-    keras_held = allocator.repeat(lambda: held_by_tape(keras.activations.mish))
-    nestad_held = allocator.repeat(lambda: held_by_tape(nestad_tf.mish))
+    keras_held = allocator.held_by_eager_tape(keras.activations.mish, rows, width, depth)
+    nestad_held = allocator.held_by_eager_tape(nestad_tf.mish, rows, width, depth)
     allocator.record("eager/mish", keras=keras_held, nestad=nestad_held,
                      activation_mib=size / allocator.MiB)
     allocator.assert_lower(nestad_held, keras_held, depth * size,
