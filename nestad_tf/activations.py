@@ -69,8 +69,15 @@ class ActivationFunction:
         self.__name__ = self.activation
         self.__doc__ = _docstring(self._spec)
         self.__signature__ = _call_signature(self._spec, self.params, backend, self.derivative)
+        # fn(x) alone, the call of every Keras layer: the bound parameters, no binding
+        self._only_x = None if any(p.default is inspect.Parameter.empty for p in list(
+            self.__signature__.parameters.values())[1:]) else {
+                k: p.default for k, p in list(self.__signature__.parameters.items())[1:]
+                if k not in ("backend", "derivative")}
 
     def __call__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and self._only_x is not None:
+            return self._apply(args[0], dict(self._only_x), self.backend, self.derivative)
         try:
             arguments = self.__signature__.bind(*args, **kwargs)
         except TypeError as error:
@@ -80,6 +87,9 @@ class ActivationFunction:
         x = params.pop("x")
         backend = params.pop("backend")
         derivative = params.pop("derivative")
+        return self._apply(x, params, backend, derivative)
+
+    def _apply(self, x, params, backend, derivative):
         if self._spec.apply is None and not _is_floating(x):
             return _keras_reference(self._spec, x, params)
         if ops._is_keras_tensor(x):  # pylint: disable=protected-access
