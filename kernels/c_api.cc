@@ -1,6 +1,6 @@
 // A C interface to nestad's CPU element loops, for frameworks other than
-// TensorFlow (Keras 3 on torch: nestad_tf/_torch.py calls it with ctypes on
-// the tensors' memory). The same loops (cpu_loops.h) as the TF kernels and the
+// TensorFlow (Keras 3 on torch: nestad_tf/frameworks/torch_backend.py calls it
+// with ctypes on the tensors' memory). The same loops (cpu_loops.h) as the TF kernels and the
 // XLA FFI handlers, so results are bit-identical to them; attributes are
 // validated by the same functions (ResolveActivation, MakeQuantizer,
 // DerivativeFromOutputError).
@@ -8,7 +8,8 @@
 // Every function returns 0, or 1 after writing what is wrong (NUL-terminated,
 // at most error_size bytes) to `error`. Tensors are contiguous arrays of n
 // elements of `dtype` (kDtype* below); `threads` is how many threads may run
-// the loops (the caller's intra-op thread count).
+// the loops (the caller's intra-op thread count): on the caller's OpenMP team
+// where it has handed one over (nestad_use_openmp), else on std::threads.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -28,8 +29,34 @@ constexpr int kDtypeBfloat16 = 1;
 constexpr int kDtypeFloat32 = 2;
 constexpr int kDtypeFloat64 = 3;
 
-// The parallel_for of cpu_loops.h on up to `threads` std::threads (this one
-// included), each taking a contiguous range of blocks.
+// The caller's OpenMP runtime (libgomp's ABI, which LLVM's and Intel's runtimes
+// also export), handed over by nestad_use_openmp: torch runs its own ops on this
+// team, whose idle threads spin for a while after each op, so threads of our own
+// would compete with them for the cores instead of adding any.
+struct OpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                            // omp_get_thread_num
+  int (*num_threads)() = nullptr;                                           // omp_get_num_threads
+};
+OpenMP g_openmp;
+
+template <typename Fn>
+struct TeamWork {
+  const Fn* fn;
+  int64_t num_blocks;
+
+  // Runs on every thread of the team: thread t of T takes the t-th of T ranges.
+  static void Run(void* data) {
+    const auto* work = static_cast<const TeamWork*>(data);
+    const int64_t t = g_openmp.thread_num(), team = std::max(1, g_openmp.num_threads());
+    const int64_t begin = work->num_blocks * t / team, end = work->num_blocks * (t + 1) / team;
+    if (begin < end) (*work->fn)(begin, end);
+  }
+};
+
+// The parallel_for of cpu_loops.h on up to `threads` threads (this one included),
+// each taking a contiguous range of blocks: the OpenMP team where one was handed
+// over, else std::threads.
 class ThreadParallelFor {
  public:
   explicit ThreadParallelFor(int threads) : threads_(std::max(1, threads)) {}
@@ -42,6 +69,11 @@ class ThreadParallelFor {
     const int64_t tasks = std::min<int64_t>({threads_, by_cost, num_blocks});
     if (tasks <= 1) {
       fn(0, num_blocks);
+      return;
+    }
+    if (g_openmp.parallel != nullptr) {
+      TeamWork<Fn> work{&fn, num_blocks};
+      g_openmp.parallel(&TeamWork<Fn>::Run, &work, static_cast<unsigned>(tasks), 0);
       return;
     }
     std::vector<std::thread> workers;
@@ -134,6 +166,22 @@ std::string ResolveNorm(const char* activation, const float* params, int num_par
 }  // namespace nestad
 
 #define NESTAD_C_API extern "C" __attribute__((visibility("default")))
+
+// Runs the loops' threads on the caller's OpenMP team from now on: the addresses
+// of GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the runtime the
+// caller's own ops use (all three, or all null for std::threads). Call it before
+// any other function, from one thread.
+NESTAD_C_API int nestad_use_openmp(void* parallel, void* thread_num, void* num_threads) {
+  using namespace nestad;  // NOLINT
+  if ((parallel == nullptr) != (thread_num == nullptr) ||
+      (parallel == nullptr) != (num_threads == nullptr)) {
+    return 1;
+  }
+  g_openmp.parallel = reinterpret_cast<decltype(g_openmp.parallel)>(parallel);
+  g_openmp.thread_num = reinterpret_cast<decltype(g_openmp.thread_num)>(thread_num);
+  g_openmp.num_threads = reinterpret_cast<decltype(g_openmp.num_threads)>(num_threads);
+  return 0;
+}
 
 // y = f(x), d = f'(x) (FusedActivation).
 NESTAD_C_API int nestad_fused_forward(const char* activation, const float* params, int num_params,

@@ -17,6 +17,7 @@ has the same set.
 import contextlib
 import ctypes
 import functools
+import os
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
@@ -141,6 +142,7 @@ class _SavedDerivative(torch.autograd.Function):
     def forward(ctx, x, forward, backward):  # pylint: disable=arguments-differ
         y, kept = forward(x.detach())
         ctx.backward = backward
+        ctx.layout = (y.shape, y.stride())  # the kernels ran in this memory order
         ctx.save_for_backward(kept)
         return y
 
@@ -148,7 +150,7 @@ class _SavedDerivative(torch.autograd.Function):
     @_first_order_only
     def backward(ctx, dy):  # pylint: disable=arguments-differ
         (kept,) = ctx.saved_tensors
-        return ctx.backward(dy.contiguous(), kept), None, None
+        return ctx.backward(_in_layout(dy, *ctx.layout, dy.dtype), kept), None, None
 
 
 class _SavedPartials(torch.autograd.Function):
@@ -244,7 +246,47 @@ def _c_api():
         getattr(lib, name).restype = ctypes.c_int
     lib.nestad_packed_bytes.argtypes = [i64, i]
     lib.nestad_packed_bytes.restype = i64
+    lib.nestad_use_openmp.argtypes = [p, p, p]
+    lib.nestad_use_openmp.restype = ctypes.c_int
+    team = _torch_openmp()
+    if team is not None:
+        lib.nestad_use_openmp(*team)
     return lib
+
+
+_OPENMP_RUNTIMES = ("libgomp", "libiomp", "libomp")
+
+
+def _torch_openmp():
+    """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads) of the OpenMP runtime that
+    torch's own ops run on, or None (std::threads then).
+
+    torch's intra-op threads are an OpenMP team whose idle threads spin for a while
+    after every op: threads of the kernels' own would compete with them for the
+    cores (on 2 cores, a second one made the kernels no faster). The runtime is the
+    one torch ships (torch/lib/libgomp.so.1 in the CPU wheel); others a process may
+    hold (scikit-learn bundles its own libgomp) run other teams.
+    """
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    package = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return None
+    for path in sorted(loaded):
+        name = os.path.basename(path)
+        if name.startswith(_OPENMP_RUNTIMES) and ".so" in name and path.startswith(
+                (os.path.join(package, "torch") + os.sep, os.path.join(package, "torch.libs"))):
+            runtime = ctypes.CDLL(path)
+            try:
+                return tuple(ctypes.cast(getattr(runtime, symbol), ctypes.c_void_p).value
+                             for symbol in ("GOMP_parallel", "omp_get_thread_num",
+                                            "omp_get_num_threads"))
+            except AttributeError:
+                return None
+    return None
 
 
 def _floats(values) -> tuple:
@@ -258,12 +300,47 @@ def _run(function: str, *args) -> None:
         raise ValueError(f"nestad kernel ({function}): {error.value.decode()}")
 
 
-def _contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().contiguous()
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself where its elements fill one block of memory in some order (contiguous, or a
+    permuted view such as Keras' NHWC view of a NCHW convolution's output), else a
+    contiguous copy. An element-wise loop runs on the block in memory order, into
+    outputs made by empty_like (which keeps such strides), with no copy."""
+    x = x.detach()
+    return x if _fills_one_block(x) else x.contiguous()
+
+
+def _fills_one_block(t: torch.Tensor) -> bool:
+    """Whether t's elements occupy numel() consecutive elements of memory, each once."""
+    expected = 1
+    for i in sorted(range(t.dim()), key=t.stride):
+        if t.shape[i] != 1:
+            if t.stride(i) != expected:
+                return t.numel() == 0
+            expected *= t.shape[i]
+    return True
+
+
+def _in_layout(t: torch.Tensor, shape, stride, dtype) -> torch.Tensor:
+    """t as a tensor of `dtype` with exactly these strides (a copy only where it differs)."""
+    t = t.detach()
+    if t.dtype == dtype and t.shape == shape and t.stride() == stride:
+        return t
+    return torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
+
+
+def _like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return _in_layout(t, like.shape, like.stride(), like.dtype)
+
+
+def _memory_order(t: torch.Tensor, axis: int):
+    """(t's dims in memory order, the position of `axis` among them) for a dense t: the
+    row-major shape its memory has (dims of size 1 may land anywhere: they move nothing)."""
+    order = sorted(range(t.dim()), key=lambda i: -t.stride(i))
+    return [int(t.shape[i]) for i in order], order.index(axis)
 
 
 def fused_forward(x, kernel_name: str, kernel_params: List[float]):
-    x = _contiguous(x)
+    x = _dense(x)
     y, d = torch.empty_like(x), torch.empty_like(x)
     params, count = _floats(kernel_params)
     _run("nestad_fused_forward", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
@@ -272,7 +349,7 @@ def fused_forward(x, kernel_name: str, kernel_params: List[float]):
 
 
 def fused_backward(dy, d):
-    dy, d = _contiguous(dy).to(d.dtype), _contiguous(d)
+    dy = _like(dy, d)
     dx = torch.empty_like(d)
     _run("nestad_fused_backward", _DTYPE_CODES[d.dtype], dy.data_ptr(), d.data_ptr(),
          dx.data_ptr(), d.numel())
@@ -280,7 +357,7 @@ def fused_backward(dy, d):
 
 
 def forward_only(x, kernel_name: str, kernel_params: List[float]):
-    x = _contiguous(x)
+    x = _dense(x)
     y = torch.empty_like(x)
     params, count = _floats(kernel_params)
     _run("nestad_forward_only", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
@@ -289,7 +366,7 @@ def forward_only(x, kernel_name: str, kernel_params: List[float]):
 
 
 def backward_from_output(dy, y, kernel_name: str, kernel_params: List[float]):
-    dy, y = _contiguous(dy).to(y.dtype), _contiguous(y)
+    dy = _like(dy, y)
     dx = torch.empty_like(y)
     params, count = _floats(kernel_params)
     _run("nestad_backward_from_output", kernel_name.encode(), params, count,
@@ -305,8 +382,9 @@ def _quantizer_args(quantizer: Dict) -> list:
 
 
 def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer: Dict):
-    """(y, codes): f'(x) packed into uint8 codes of quantizer["bits"] bits per element."""
-    x = _contiguous(x)
+    """(y, codes): f'(x) packed into uint8 codes of quantizer["bits"] bits per element, in
+    x's memory order (with_saved gives the backward pass dy in that order)."""
+    x = _dense(x)
     y = torch.empty_like(x)
     code = torch.empty(int(_c_api().nestad_packed_bytes(x.numel(), int(quantizer["bits"]))),
                        dtype=torch.uint8)
@@ -318,7 +396,7 @@ def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer
 
 
 def quantized_backward(dy, code, quantizer: Dict):
-    dy = _contiguous(dy)
+    dy = _dense(dy)
     dx = torch.empty_like(dy)
     _run("nestad_quantized_backward", *_quantizer_args(quantizer), _DTYPE_CODES[dy.dtype],
          dy.data_ptr(), code.data_ptr(), dx.data_ptr(), dy.numel())
@@ -337,15 +415,17 @@ def parameter_gradient(fn: Callable, x: np.ndarray, value: float):
 
 
 def _norm_args(z, attrs: Dict) -> list:
+    """The kernels' attributes for a dense z, described in its memory order."""
     params, count = _floats(attrs["params"])
-    dims = (ctypes.c_int64 * z.dim())(*z.shape)
-    return [attrs["activation"].encode(), params, count, attrs["epsilon"], attrs["axis"],
-            int(attrs["training"]), _DTYPE_CODES[z.dtype], dims, z.dim()]
+    shape, axis = _memory_order(z, attrs["axis"])
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    return [attrs["activation"].encode(), params, count, attrs["epsilon"], axis,
+            int(attrs["training"]), _DTYPE_CODES[z.dtype], dims, len(shape)]
 
 
 def _norm_forward(z, gamma, beta, mean, variance, attrs: Dict):
-    z = _contiguous(z)
-    vectors = [_contiguous(v) for v in (gamma, beta, mean, variance)]
+    z = _dense(z)
+    vectors = [_dense(v) for v in (gamma, beta, mean, variance)]
     y = torch.empty_like(z)
     batch_mean, batch_variance = torch.empty_like(vectors[2]), torch.empty_like(vectors[3])
     _run("nestad_batch_norm_activation", *_norm_args(z, attrs),
@@ -367,8 +447,8 @@ class _FusedNorm(torch.autograd.Function):
     @staticmethod
     @_first_order_only
     def backward(ctx, dy, unused_mean, unused_variance):  # pylint: disable=arguments-differ
-        z, gamma, beta, mean, variance = (_contiguous(t) for t in ctx.saved_tensors)
-        dy = _contiguous(dy).to(z.dtype)
+        z, gamma, beta, mean, variance = (_dense(t) for t in ctx.saved_tensors)
+        dy = _like(dy, z)
         dz, dgamma, dbeta = torch.empty_like(z), torch.empty_like(gamma), torch.empty_like(beta)
         _run("nestad_batch_norm_activation_grad", *_norm_args(z, ctx.attrs),
              *[t.data_ptr() for t in (dy, z, gamma, beta, mean, variance, dz, dgamma, dbeta)])

@@ -117,6 +117,31 @@ def test_training_forward_and_gradients_match_float64_reference(activation, axis
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * scale, err_msg=what)
 
 
+@pytest.mark.skipif(FRAMEWORK != "torch", reason="torch tensors have strides")
+def test_permuted_view_is_normalized_in_its_memory_order():
+    """A NHWC view of NCHW memory (Keras' torch Conv2D output) goes to the kernels as the
+    NCHW array it is, channel axis 1, with no copy: the same values as its contiguous
+    copy (to rounding: the per-channel sums run in another order)."""
+    import torch  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(6)
+    memory = torch.as_tensor(rng.normal(1.0, 2.0, (4, 5, 3, 6)).astype(np.float32))
+    view = memory.permute(0, 2, 3, 1)  # (4, 3, 6, 5), channels last
+    cotangent = rng.normal(size=view.shape)
+    channels = view.shape[-1]
+    gamma = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+    beta = rng.normal(0, 0.5, channels).astype(np.float32)
+    results = []
+    for z in (view, view.contiguous()):
+        layer = nestad_tf.layers.BatchNormActivation("mish")
+        _build(layer, tuple(view.shape), gamma, beta)
+        results.append(_grads(layer, lambda t: t, z, cotangent))
+        if z is view:
+            assert layer(z, training=True).stride() == view.stride()
+    for what, a, b in zip(("y", "dx", "dgamma", "dbeta"), *results):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6, err_msg=what)
+
+
 def _model(fused: bool, size: int = 6):
     keras.utils.set_random_seed(3)
     inputs = keras.Input((size, size, 3))

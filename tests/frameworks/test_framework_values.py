@@ -245,6 +245,62 @@ def test_non_contiguous_input():
     np.testing.assert_allclose(d, d_ref, **tolerance("float32"))
 
 
+@pytest.mark.skipif(FRAMEWORK != "torch", reason="torch tensors have strides")
+@pytest.mark.parametrize("name,derivative", [("mish", "exact"), ("gelu", "uint8"),
+                                             ("sigmoid", "exact"), ("relu", "bits2")])
+def test_permuted_views_run_without_a_copy(name, derivative):
+    """Keras' torch convolutions return a NHWC view of NCHW memory: the kernels run on
+    that memory in its own order (y, f' and dx in x's layout), bit-identical to the same
+    values made contiguous, whatever layout the upstream gradient has."""
+    import torch  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(8)
+    memory = torch.as_tensor(rng.normal(0, 3, (2, 5, 3, 4)).astype(np.float32))
+    view = memory.permute(0, 2, 3, 1)  # (2, 3, 4, 5), not contiguous
+    cotangent = torch.as_tensor(rng.normal(size=view.shape).astype(np.float32))
+    assert not view.is_contiguous()
+
+    def run(x, upstream):
+        x = x.detach().requires_grad_(True)
+        y = getattr(nestad_tf, name)(x, backend="kernel", derivative=derivative)
+        (dx,) = torch.autograd.grad(y, x, upstream)
+        return y, dx
+
+    y, dx = run(view, cotangent)  # a contiguous upstream gradient
+    assert y.stride() == view.stride() and dx.stride() == view.stride()
+    y_ref, dx_ref = run(view.contiguous(), cotangent)
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref.detach().numpy())
+    np.testing.assert_array_equal(dx.numpy(), dx_ref.numpy())
+    _, dx_permuted = run(view, cotangent.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(dx_permuted.numpy(), dx_ref.numpy())
+
+
+@pytest.mark.skipif(FRAMEWORK != "torch", reason="torch's intra-op threads")
+def test_kernels_run_on_torchs_openmp_team():
+    """The loops' threads are torch's own OpenMP team (its idle threads spin, so threads
+    of our own would compete with them); the result does not depend on how many."""
+    import torch  # pylint: disable=g-import-not-at-top
+    from nestad_tf.frameworks import torch_backend  # pylint: disable=g-import-not-at-top
+
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        team = torch_backend._torch_openmp()  # pylint: disable=protected-access
+        assert team is not None and all(team), "torch's OpenMP runtime was not found"
+    x = torch.linspace(-6, 6, 1 << 20).requires_grad_(True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            y = nestad_tf.mish(x, backend="kernel")
+            (dx,) = torch.autograd.grad(y.sum(), x)
+            results.append((y.detach().numpy(), dx.numpy()))
+    finally:
+        torch.set_num_threads(threads)
+    for y, dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+
+
 def test_upstream_gradient_is_multiplied():
     values = np.linspace(-3, 3, 24).reshape(4, 6)
     cotangent = np.random.default_rng(5).normal(size=(4, 6))
