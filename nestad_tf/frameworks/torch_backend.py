@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import threading
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
@@ -294,8 +295,13 @@ def _floats(values) -> tuple:
     return array, len(values)
 
 
+_errors = threading.local()  # one message buffer per calling thread
+
+
 def _run(function: str, *args) -> None:
-    error = ctypes.create_string_buffer(512)
+    error = getattr(_errors, "buffer", None)
+    if error is None:
+        error = _errors.buffer = ctypes.create_string_buffer(512)
     if getattr(_c_api(), function)(*args, torch.get_num_threads(), error, len(error)):
         raise ValueError(f"nestad kernel ({function}): {error.value.decode()}")
 
@@ -323,7 +329,8 @@ def _fills_one_block(t: torch.Tensor) -> bool:
 def _in_layout(t: torch.Tensor, shape, stride, dtype) -> torch.Tensor:
     """t as a tensor of `dtype` with exactly these strides (a copy only where it differs)."""
     t = t.detach()
-    if t.dtype == dtype and t.shape == shape and t.stride() == stride:
+    # tuples: comparing torch.Size objects goes through torch's symbolic-shape code
+    if t.dtype == dtype and t.stride() == stride and tuple(t.shape) == tuple(shape):
         return t
     return torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
 
