@@ -143,7 +143,8 @@ class _SavedDerivative(torch.autograd.Function):
     def forward(ctx, x, forward, backward):  # pylint: disable=arguments-differ
         y, kept = forward(x.detach())
         ctx.backward = backward
-        ctx.layout = (y.shape, y.stride())  # the kernels ran in this memory order
+        # the kernels ran in y's memory order; the pure path's y may be an expanded view
+        ctx.layout = (y.shape, y.stride()) if _fills_one_block(y) else None
         ctx.save_for_backward(kept)
         return y
 
@@ -151,7 +152,8 @@ class _SavedDerivative(torch.autograd.Function):
     @_first_order_only
     def backward(ctx, dy):  # pylint: disable=arguments-differ
         (kept,) = ctx.saved_tensors
-        return ctx.backward(_in_layout(dy, *ctx.layout, dy.dtype), kept), None, None
+        dy = dy.contiguous() if ctx.layout is None else _in_layout(dy, *ctx.layout, dy.dtype)
+        return ctx.backward(dy, kept), None, None
 
 
 class _SavedPartials(torch.autograd.Function):
