@@ -153,9 +153,10 @@ def with_saved_partials(x, thetas: List, forward, primal):
     return activation(x, *thetas)
 
 
-def with_higher_order(forward, reference_forward: Callable, second: Optional[str],
+def with_higher_order(forward, reference_forward: Optional[Callable], second: Optional[str],
                       refusal: str = ""):
-    """forward (FFI calls: x -> arrays) made differentiable again, for higher-order gradients.
+    """forward (FFI calls: operands -> arrays) made differentiable again, for higher-order
+    gradients.
 
     A first-order gradient calls the custom_vjp's forward rule on concrete
     values and never differentiates it; jax.grad of jax.grad (or jax.hessian)
@@ -170,8 +171,8 @@ def with_higher_order(forward, reference_forward: Callable, second: Optional[str
     """
 
     @jax.custom_jvp
-    def differentiable(t):
-        return forward(t)
+    def differentiable(*operands):
+        return forward(*operands)
 
     @differentiable.defjvp
     def rule(operands, tangents):
@@ -334,14 +335,7 @@ def fused_norm(z, gamma, beta, mean, variance, attrs: Dict):
         return tuple(_call("nestad_batch_norm_activation", (_like(z), _like(mean), _like(mean)),
                            z, gamma, beta, mean, variance, **ffi_attrs))
 
-    @jax.custom_jvp
-    def forward(*operands):
-        return kernel(*operands)
-
-    @forward.defjvp
-    def _refuse(operands, tangents):
-        from ..ops import SecondOrderGradientError  # pylint: disable=g-import-not-at-top
-        raise SecondOrderGradientError(NORM_SECOND_ORDER)
+    forward = with_higher_order(kernel, None, None, NORM_SECOND_ORDER)
 
     @jax.custom_vjp
     def block(z, gamma, beta, mean, variance):
