@@ -144,6 +144,12 @@ def assert_lower(lower: Measurement, higher: Measurement, by: float, what: str) 
     one activation-sized tensor apart, from one identical step to the next: half
     the sum of both spreads is allowed as margin, but never more than by / 2, so a
     regression that removes the difference (or half of it) still fails.
+
+    `by` must stay below the expected difference, not equal it: besides the spread
+    within a process, each measurement carries an offset from one process to the
+    next that no repeat shows (eager tapes read exact to the byte here, and 0.66 to
+    1.28 MiB above that, spread 0, in one CI run). The tests ask for 3/4 of the
+    expected saving or less.
     """
     margin = min((lower.spread + higher.spread) / 2, by / 2)
     difference = higher.median - lower.median

@@ -576,7 +576,10 @@ def test_eager_tape_holds_one_tensor_per_layer():
     layer beyond what relu's tape holds (y, which the next matmul keeps anyway). The
     count still moves between processes (relu's by up to 2 MiB: 0.875 to 0.91 tensor
     per layer measured), so 4 MiB tensors and a quarter-tensor bound: a regression
-    that also kept x reads 2, one that kept nothing 0."""
+    that also kept x reads 2, one that kept nothing 0. The composite's tape holds x
+    and tanh(softplus(x)): one tensor per layer more than forward_ad's, less a
+    quarter (in one CI run every count here read 0.66 to 1.28 MiB above the exact
+    one, so the difference read 0.98 tensor per layer)."""
     rows, width, depth = 1024, 1024, 4
     tensor = rows * width * 4
     held = {name: allocator.held_by_eager_tape(activation, rows, width, depth)
@@ -585,7 +588,7 @@ def test_eager_tape_holds_one_tensor_per_layer():
     allocator.record("eager/forward_ad mish", **held)
     extra = (held["nestad"].median - held["relu"].median) / (depth * tensor)
     assert 0.75 <= extra <= 1.25, (extra, held)
-    allocator.assert_lower(held["nestad"], held["composite"], depth * tensor,
+    allocator.assert_lower(held["nestad"], held["composite"], 0.75 * depth * tensor,
                            "eager forward_ad vs the composite")
 
 

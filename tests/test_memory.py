@@ -101,16 +101,18 @@ def test_fit_step_peak_is_lower_than_keras_composite(name):
 def test_eager_training_keeps_less_than_keras():
     """Eager: per layer the tape holds f'(x) and y (which the next matmul keeps anyway).
 
-    Neither x nor the composite's intermediates are held, so each layer holds at
-    least one activation-sized tensor less than Keras' mish.
+    Neither x nor the composite's intermediates are held, so each layer holds one
+    activation-sized tensor less than Keras' mish (which holds x and
+    tanh(softplus(x))). Asked: 3/4 of it, in 4 MiB tensors, as counts carry an offset
+    from one process to the next (up to 1.3 MiB seen in CI).
     """
-    rows, width, depth = 256, 1024, 4
+    rows, width, depth = 1024, 1024, 4
     size = rows * width * 4
     keras_held = allocator.held_by_eager_tape(keras.activations.mish, rows, width, depth)
     nestad_held = allocator.held_by_eager_tape(nestad_tf.mish, rows, width, depth)
     allocator.record("eager/mish", keras=keras_held, nestad=nestad_held,
                      activation_mib=size / allocator.MiB)
-    allocator.assert_lower(nestad_held, keras_held, depth * size,
+    allocator.assert_lower(nestad_held, keras_held, 0.75 * depth * size,
                            f"eager, {depth} x (matmul, mish): held by the tape")
 
 
