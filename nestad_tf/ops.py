@@ -277,11 +277,8 @@ def second_derivative(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.
     return tf.cast(d2, x.dtype)
 
 
-_NO_F_PRIME = (
-    "a second-order gradient through a nestad activation whose derivative is stored "
-    "compressed or recovered from its output cannot be computed; pass derivative='full' to "
-    "keep f'(x) itself (second-order gradients are then correct inside a tf.function)."
-)
+_IN_A_GRAPH = " inside a tf.function"
+_NO_F_PRIME = storage.second_order_refusal("a nestad activation", storage.STORED, _IN_A_GRAPH)
 _EAGER_NO_X = (
     "a second-order gradient through a nestad activation was requested in eager mode, where "
     "nestad keeps only f'(x) and not x. Compute it inside a tf.function (where f''(x) is "
@@ -438,12 +435,13 @@ def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
     lib = _loader.load().module
     kernel_name, kernel_params = spec.kernel_attrs(params)
     attrs = dict(activation=kernel_name, params=kernel_params)
+    second = {"exact": second, "zero": SECOND_ORDER_ZERO,
+              None: None}[plan.second_order(kernel_name)]
     if plan.form == "full":
         def forward(t):
             return lib.fused_activation(t, **attrs)
 
         return with_saved_derivative(x, forward, _kernel_backward, second)
-    piecewise = kernel_name in registry.PIECEWISE_LINEAR_KERNELS
     if plan.form == "output":
         def forward(t):
             y = lib.activation_forward(t, **attrs)
@@ -452,7 +450,7 @@ def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
         def backward(dy, y):
             return lib.activation_grad_from_output(dy, y, **attrs)
 
-        return with_saved_derivative(x, forward, backward, SECOND_ORDER_ZERO if piecewise else None)
+        return with_saved_derivative(x, forward, backward, second)
     quantizer = plan.op_attrs()
 
     def forward(t):
@@ -461,9 +459,7 @@ def _apply_kernel(x, spec, params, plan: storage.StoragePlan, second):
     def backward(dy, code):
         return lib.activation_grad_quantized(dy, code, **quantizer)
 
-    exact_levels = plan.format == "levels"
-    return with_saved_derivative(x, forward, backward,
-                                 SECOND_ORDER_ZERO if exact_levels else None)
+    return with_saved_derivative(x, forward, backward, second)
 
 
 def _apply_kernel_recomputed(x, spec, params):
@@ -583,11 +579,7 @@ def _register_gradients():
         return [grad_op(upstream, d), grad_op(upstream, dy)]
 
     def _second_order_error(op_type, detail):
-        return SecondOrderGradientError(
-            f"a second-order gradient through {op_type} needs f''(x), but {detail}; pass "
-            "derivative='full' to keep f'(x) itself (then second-order gradients are correct "
-            "inside a tf.function)."
-        )
+        return SecondOrderGradientError(storage.second_order_refusal(op_type, detail, _IN_A_GRAPH))
 
     @tf.RegisterGradient(_loader.op_type("ActivationGradFromOutput"))
     def _grad_from_output_grad(op, upstream):  # pylint: disable=unused-variable

@@ -76,8 +76,33 @@ class StoragePlan:
         return dict(format=self.format, bits=self.bits, breakpoints=list(self.breakpoints),
                     levels=list(self.levels), range=list(self.range))
 
+    def second_order(self, kernel_name: str) -> Optional[str]:
+        """What a higher-order gradient through a kernel call keeping this form gets.
+
+        "exact": f'(x) itself is kept, f'' comes from the reference (TF: in a
+        tf.function; JAX: by forward-mode AD). "zero": what is kept is piecewise
+        constant in x (y of a piecewise-linear activation, exact few-bit levels), so
+        f'' = 0 wherever it is defined. None: f'' cannot be formed from what is kept;
+        the gradient raises SecondOrderGradientError (`second_order_refusal`).
+        """
+        if self.form == "full":
+            return "exact"
+        if self.form == "output":
+            return "zero" if kernel_name in registry.PIECEWISE_LINEAR_KERNELS else None
+        return "zero" if self.format == "levels" else None
+
 
 FULL = StoragePlan("full")
+
+
+def second_order_refusal(through: str, kept: str, where: str = "") -> str:
+    """The SecondOrderGradientError message where f'(x) itself was not kept (TF and JAX)."""
+    return (f"a second-order gradient through {through} needs f''(x), but {kept}; pass "
+            f"derivative='full' to keep f'(x) itself (second-order gradients are then exact"
+            f"{where}), or use the Keras activation")
+
+
+STORED = "its derivative was stored compressed or recovered from its output"
 OUTPUT = StoragePlan("output")
 
 

@@ -136,12 +136,6 @@ def apply(x, spec: registry.ActivationSpec, params: Dict[str, Any],
                          lambda t: fw.in_compute_dtype(reference, t))
 
 
-_STORED_SECOND_ORDER = (
-    "a second-order gradient through nestad activation '{}' needs f''(x), but its derivative "
-    "is stored compressed or recovered from its output; pass derivative='full' to keep f'(x) "
-    "itself, or use the Keras activation")
-
-
 def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan, reference):
     """The fused kernels, keeping f' in the form `plan` says (see storage.py).
 
@@ -154,13 +148,13 @@ def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan, reference):
     def primal(t):  # no gradient asked for: y alone
         return fw.forward_only(t, kernel_name, kernel_params)
 
-    def differentiable(forward, second):
-        return fw.with_higher_order(forward, lambda t: fw.forward_ad(reference, t), second,
-                                    _STORED_SECOND_ORDER.format(spec.name))
+    def differentiable(forward):
+        return fw.with_higher_order(
+            forward, lambda t: fw.forward_ad(reference, t), plan.second_order(kernel_name),
+            storage.second_order_refusal(f"nestad activation '{spec.name}'", storage.STORED))
 
     if plan.form == "full":
-        forward = differentiable(lambda t: fw.fused_forward(t, kernel_name, kernel_params),
-                                 "exact")
+        forward = differentiable(lambda t: fw.fused_forward(t, kernel_name, kernel_params))
         return fw.with_saved(x, forward, fw.fused_backward, primal)
     if plan.form == "output":
         def output_twice(t):
@@ -170,13 +164,10 @@ def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan, reference):
         def backward(dy, y):
             return fw.backward_from_output(dy, y, kernel_name, kernel_params)
 
-        piecewise = kernel_name in registry.PIECEWISE_LINEAR_KERNELS
-        return fw.with_saved(x, differentiable(output_twice, "zero" if piecewise else None),
-                             backward, primal)
+        return fw.with_saved(x, differentiable(output_twice), backward, primal)
     quantizer = plan.op_attrs()
     forward = differentiable(
-        lambda t: fw.quantized_forward(t, kernel_name, kernel_params, quantizer),
-        "zero" if plan.format == "levels" else None)
+        lambda t: fw.quantized_forward(t, kernel_name, kernel_params, quantizer))
     return fw.with_saved(x, forward, lambda dy, code: fw.quantized_backward(dy, code, quantizer),
                          primal)
 

@@ -162,7 +162,7 @@ def with_higher_order(forward, reference_forward: Optional[Callable], second: Op
     values and never differentiates it; jax.grad of jax.grad (or jax.hessian)
     does, and an FFI call has no derivative. The tangents come from the pure
     path, `reference_forward` (x -> (y, f'(x)) by forward-mode AD of the Keras
-    definition), as `second` says (TensorFlow's vocabulary, nestad_tf.ops):
+    definition), as `second` says (storage.StoragePlan.second_order):
       "exact": every output is (y, f'(x)): the jvp of the reference carries f''(x);
       "zero":  f' is piecewise constant (f'' = 0): y's tangent from the reference,
                the kept tensor's (y again, or exact codes) zero;
