@@ -170,7 +170,7 @@ def test_kernel_cli_smoke(tmp_path):
 
 # --- Keras' torch and JAX backends (issue 14): `model --backend torch|jax` ---
 
-FRAMEWORK_MODES = ("keras", "recompute", "nestad", "floor")
+FRAMEWORK_MODES = ("keras", "recompute", "nestad", "nestad-bfloat16", "floor")
 
 
 def _installed(name):
@@ -240,10 +240,13 @@ def test_framework_model_cli_smoke(framework_documents, backend):
     primary = "saved_bytes" if backend == "torch" else "residual_bytes"
     assert runs["nestad"][primary] < runs["keras"][primary]
     assert runs["nestad"][primary] <= runs["recompute"][primary]
+    # bfloat16 f' (the same codes as on TensorFlow): below nestad's float32 f' and recompute's x
+    assert runs["nestad-bfloat16"][primary] < runs["nestad"][primary]
+    assert runs["nestad-bfloat16"]["losses"][0] == pytest.approx(first, rel=1e-5)
     ratios = document["comparisons"]["mlp"]
     key = "saved" if backend == "torch" else "temp"
     for name in (f"{key} keras/nestad", f"{key} nestad/recompute", "time nestad/keras",
-                 "time recompute/nestad"):
+                 "time recompute/nestad", f"{key} nestad-bfloat16/recompute"):
         _positive_finite(ratios[name], name)
     assert {t["metric"] for t in document["targets"]} >= {f"{key} nestad/keras",
                                                           "time nestad/keras"}

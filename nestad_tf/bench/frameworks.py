@@ -44,6 +44,8 @@ TensorFlow bench's `nestad`):
   nestad-tf    as nestad with `backend="tf"`: torch.func.jvp / jax.jvp of Keras' definition
   nestad-fused `convert(model, backend="kernel")` with its default BatchNormalization
                fusion, where the library has fused kernels for the backend (not a default mode)
+  nestad-<derivative>  as nestad with `derivative=` (full, bfloat16, uint8, bits4 ... bits1):
+               f' kept compressed, the same codes as on TensorFlow (not default modes)
   recompute    every activation, via `convert(..., replace_with=...)`, Keras' own inside
                `torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)` /
                `jax.checkpoint(fn)`
@@ -58,8 +60,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .models import STORAGE_MODES
+
 BACKENDS = ("torch", "jax")
-MODES = ("keras", "recompute", "nestad", "nestad-auto", "nestad-tf", "nestad-fused", "floor")
+MODES = (("keras", "recompute", "nestad", "nestad-auto", "nestad-tf", "nestad-fused", "floor")
+         + STORAGE_MODES)
 DEFAULT_MODES = ("keras", "recompute", "nestad", "nestad-auto", "nestad-tf", "floor")
 ISSUE_MODELS = ("bert_like", "efficientnet_b0_mish")
 
@@ -141,6 +146,9 @@ def apply_mode(model, mode: str):
         return nestad_tf.convert(model, backend="kernel", fuse_normalization=False)
     if mode == "nestad-fused":
         return nestad_tf.convert(model, backend="kernel")
+    if mode in STORAGE_MODES:
+        return nestad_tf.convert(model, include=present, backend="kernel",
+                                 derivative=mode[len("nestad-"):], fuse_normalization=False)
     if mode == "nestad-tf":
         return nestad_tf.convert(model, include=present, backend="tf", fuse_normalization=False)
     if mode == "recompute":

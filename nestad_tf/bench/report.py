@@ -5,6 +5,7 @@ import platform
 import statistics
 from typing import Dict, List, Optional
 
+from . import models as _models
 from . import targets as _targets
 
 MIB = 2 ** 20
@@ -246,6 +247,8 @@ FRAMEWORK_PAIRS = (("keras", "nestad"), ("nestad", "keras"), ("nestad", "recompu
                    ("nestad-auto", "keras"), ("nestad-auto", "recompute"), ("keras", "nestad-tf"),
                    ("nestad-tf", "keras"), ("nestad-tf", "nestad"), ("keras", "nestad-fused"),
                    ("nestad-fused", "keras"), ("keras", "floor"), ("nestad", "floor"))
+FRAMEWORK_PAIRS += tuple(pair for mode in _models.STORAGE_MODES
+                         for pair in (("keras", mode), (mode, "recompute"), (mode, "keras")))
 
 
 def framework_comparisons(table, backend: str) -> Dict[str, Dict[str, float]]:
@@ -273,7 +276,7 @@ def framework_table(table, comparisons, backend: str, settings: Dict[str, dict])
         columns.append(f"{metric + ' MiB':>12}")
         if metric == primary:
             columns += [f"{'x keras':>8}", f"{'act MiB':>8}", f"{'x keras':>8}"]
-    header = (f"{'mode':<12} " + " ".join(columns) + f" {'tensors':>7} "
+    header = (f"{'mode':<15} " + " ".join(columns) + f" {'tensors':>7} "
               f"{'step s (min-max)':>22} {'x keras':>8}"
               + (f" {'compile s':>9}" if backend == "jax" else "") + "  activations rewritten")
     lines = []
@@ -290,7 +293,7 @@ def framework_table(table, comparisons, backend: str, settings: Dict[str, dict])
         keras_run = modes.get("keras")
         for mode, run in modes.items():
             if not _ok(run):
-                lines.append(f"{mode:<12} {run.get('status')}: {run.get('reason', '')}")
+                lines.append(f"{mode:<15} {run.get('status')}: {run.get('reason', '')}")
                 continue
             cells = []
             for metric, key, _ in metrics:
@@ -313,7 +316,7 @@ def framework_table(table, comparisons, backend: str, settings: Dict[str, dict])
             acts = f"{summary.get('replaced', 0)}/{summary.get('total', 0)}"
             compile_cell = (f" {run.get('compile_seconds', 0):>9.1f}" if backend == "jax" else "")
             tensors = "-" if tensors is None else tensors
-            lines.append(f"{mode:<12} " + " ".join(cells) + f" {tensors:>7} "
+            lines.append(f"{mode:<15} " + " ".join(cells) + f" {tensors:>7} "
                          f"{step:>22} {_fmt_ratio(time_ratio):>8}{compile_cell}  {acts}")
         ratios = comparisons.get(model, {})
         shown = [f"{primary} keras/nestad", "act keras/nestad", f"{primary} recompute/nestad",
@@ -321,6 +324,7 @@ def framework_table(table, comparisons, backend: str, settings: Dict[str, dict])
                  "time nestad-tf/keras", "time-min nestad/keras", "time-min recompute/nestad"]
         if backend == "jax":
             shown[3:3] = ["residual keras/nestad", "residual recompute/nestad"]
+        shown += [f"{primary} {mode}/recompute" for mode in _models.STORAGE_MODES]
         parts = [f"{name} {ratios[name]:.2f}" for name in shown if name in ratios]
         if parts:
             lines.append("ratios: " + ", ".join(parts))
