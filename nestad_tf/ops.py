@@ -584,7 +584,7 @@ def _register_gradients():
     @tf.RegisterGradient(_loader.op_type("ActivationGradFromOutput"))
     def _grad_from_output_grad(op, upstream):  # pylint: disable=unused-variable
         name = op.get_attr("activation").decode()
-        if name not in registry.PIECEWISE_LINEAR_KERNELS:
+        if storage.StoragePlan("output").second_order(name) is None:
             raise _second_order_error(op.type, f"'{name}' kept only its output y")
         dy, y = op.inputs
         lib = _loader.load().module
@@ -594,7 +594,8 @@ def _register_gradients():
 
     @tf.RegisterGradient(_loader.op_type("ActivationGradQuantized"))
     def _grad_quantized_grad(op, upstream):  # pylint: disable=unused-variable
-        if op.get_attr("format").decode() != "levels":
+        kept = storage.StoragePlan("quantized", format=op.get_attr("format").decode())
+        if kept.second_order("") is None:  # the codes' format alone decides
             raise _second_order_error(op.type, "f'(x) was kept compressed")
         _, code = op.inputs
         attrs = {k: op.get_attr(k) for k in ("format", "bits", "breakpoints", "levels", "range")}
