@@ -157,14 +157,16 @@ def _apply_kernel(fw, x, spec, params, plan: storage.StoragePlan, reference):
         forward = differentiable(lambda t: fw.fused_forward(t, kernel_name, kernel_params))
         return fw.with_saved(x, forward, fw.fused_backward, primal)
     if plan.form == "output":
-        def output_twice(t):
-            y = primal(t)
+        y_alone = differentiable(lambda t: (primal(t),))
+
+        def output_twice(t):  # y kept as the residual is the output itself, not a copy of it
+            (y,) = y_alone(t)
             return y, y
 
         def backward(dy, y):
             return fw.backward_from_output(dy, y, kernel_name, kernel_params)
 
-        return fw.with_saved(x, differentiable(output_twice), backward, primal)
+        return fw.with_saved(x, output_twice, backward, primal)
     quantizer = plan.op_attrs()
     forward = differentiable(
         lambda t: fw.quantized_forward(t, kernel_name, kernel_params, quantizer))
