@@ -255,3 +255,45 @@ def test_fallback_warns_once_with_the_reason(monkeypatch, tmp_path):
     finally:
         monkeypatch.delenv("NESTAD_TF_LIBRARY")
         nestad_tf._loader._reset_for_tests()
+
+
+def _raw_gradient_in_dy(name, params, derivative):
+    """d(dx)/d(dy) through the raw backward op of `name` (what a graph that differentiates
+    the raw ops directly gets): f'(x), where the stored form allows it."""
+    from nestad_tf import registry, storage  # pylint: disable=g-import-not-at-top
+
+    lib = nestad_tf._loader.load().module
+    spec = registry.get(name)
+    bound = spec.bind(params)
+    kernel, kernel_params = spec.kernel_attrs(bound)
+    plan = storage.plan(spec, bound, derivative, tf.float32)
+    x = tf.linspace(-2.95, 2.95, 12)  # off the breakpoints (0, +-1)
+    dy = tf.ones_like(x)
+    with tf.GradientTape() as tape:
+        tape.watch(dy)
+        if plan.form == "output":
+            y = lib.activation_forward(x, activation=kernel, params=kernel_params)
+            dx = lib.activation_grad_from_output(dy, y, activation=kernel, params=kernel_params)
+        else:
+            _, code = lib.fused_activation_quantized(x, activation=kernel, params=kernel_params,
+                                                     **plan.op_attrs())
+            dx = lib.activation_grad_quantized(dy, code, **plan.op_attrs())
+    return plan, x, tape.gradient(dx, dy)
+
+
+@pytest.mark.parametrize("name,params,derivative", [
+    ("relu", {}, "exact"), ("hard_tanh", {}, "exact"),
+    ("relu", {"negative_slope": 0.1, "max_value": 6.0}, "exact")])
+def test_raw_backward_ops_differentiate_where_what_they_keep_is_exact(name, params, derivative):
+    _, x, gradient = _raw_gradient_in_dy(name, params, derivative)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = nestad_tf.registry.get(name).reference(x, **params)
+    np.testing.assert_allclose(gradient, tape.gradient(y, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name,derivative", [("sigmoid", "exact"), ("gelu", "uint8"),
+                                             ("gelu", "bits2")])
+def test_raw_backward_ops_refuse_where_f_double_prime_is_lost(name, derivative):
+    with pytest.raises(nestad_tf.SecondOrderGradientError, match="derivative='full'"):
+        _raw_gradient_in_dy(name, {}, derivative)
