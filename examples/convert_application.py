@@ -10,13 +10,18 @@ give TensorFlow's allocator peak (on a GPU use "GPU:0").
 """
 
 import argparse
+import os
 import time
 
-import numpy as np
-import tensorflow as tf
-import keras
+# Allocator peaks (get_memory_info) on every x86 CPU: TensorFlow keeps them only in its
+# BFC allocator, the default only where oneDNN is on (AVX-512 CPUs; not on e.g. AMD EPYC).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-import nestad_tf
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+import nestad_tf  # noqa: E402
 
 
 def build(name, image_size, classes):

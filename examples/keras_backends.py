@@ -33,6 +33,9 @@ MiB = 2 ** 20
 def train_and_measure(width: int, depth: int, batch: int, epochs: int) -> dict:
     """The Keras script: the same on every backend (KERAS_BACKEND is set by the caller)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Allocator peaks (get_memory_info) on every x86 CPU: TensorFlow keeps them only in its
+    # BFC allocator, the default only where oneDNN is on (AVX-512 CPUs; not on e.g. AMD EPYC).
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top

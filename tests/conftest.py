@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Allocator peaks (get_memory_info) on every x86 CPU: TensorFlow keeps them only in its
+# BFC allocator, the default only where oneDNN is on (AVX-512 CPUs; not on e.g. AMD EPYC).
+# Subprocesses the tests start inherit it.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

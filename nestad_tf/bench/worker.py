@@ -221,4 +221,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as in __main__.py
     main()
