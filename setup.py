@@ -16,7 +16,13 @@ GPU kernels: when the installed TensorFlow is a CUDA build (its wheel ships the
 CUDA headers) and nvcc is found, kernels/cuda/ is also compiled, into
 nestad_tf/_nestad_ops_gpu.so (loaded only under CUDA TensorFlow); otherwise the
 CPU-only build proceeds unchanged.
-  NESTAD_TF_NO_CUDA=1     skip the GPU kernels even where they could be built.
+For Keras' torch and JAX backends on CUDA, the same kernels without TensorFlow
+(kernels/cuda/*.cu, their C interface c_api_gpu.cc and the XLA:GPU handlers)
+go into nestad_tf/_nestad_cuda.so, with the CUDA runtime linked in statically;
+built when nvcc is found and a CUDA build of torch or a CUDA plugin of JAX is
+installed, or when asked for:
+  NESTAD_FRAMEWORK_CUDA=1 build _nestad_cuda.so wherever nvcc is found (=0: never).
+  NESTAD_TF_NO_CUDA=1     skip all GPU kernels even where they could be built.
   NVCC                    the CUDA compiler (default: nvcc on PATH, then $CUDA_HOME/bin,
                           /usr/local/cuda/bin).
   NESTAD_CUDA_ARCHS       GPU architectures, e.g. "80;90" (the default): SASS for
@@ -149,6 +155,42 @@ def _cuda_build_plan():
     return (nvcc, cuda_include), ""
 
 
+FRAMEWORK_CUDA_LIBRARY_NAME = "_nestad_cuda.so"
+# The C interface of the CUDA kernels for torch (host C++ compiled by nvcc).
+FRAMEWORK_CUDA_C_API = "c_api_gpu.cc"
+
+
+def _framework_cuda_wanted():
+    """"" when torch or JAX here can run CUDA kernels (or NESTAD_FRAMEWORK_CUDA=1), else why not."""
+    forced = os.environ.get("NESTAD_FRAMEWORK_CUDA", "")
+    if forced:
+        return "" if forced == "1" else f"NESTAD_FRAMEWORK_CUDA={forced}"
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+        return ""
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # pylint: disable=g-import-not-at-top
+        if torch.version.cuda:
+            return ""
+    return "neither a CUDA build of torch nor a CUDA plugin of JAX is installed"
+
+
+def _framework_cuda_plan():
+    """(nvcc, XLA FFI include flags) when _nestad_cuda.so is to be built, else (None, reason)."""
+    if os.environ.get("NESTAD_TF_NO_CUDA"):
+        return None, "NESTAD_TF_NO_CUDA is set"
+    why_not = _framework_cuda_wanted()
+    if why_not:
+        return None, why_not
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        return None, "nvcc was not found (set NVCC)"
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(tf.sysconfig.get_include(), "xla", "ffi", "api", "ffi.h")):
+        return None, f"TensorFlow {tf.__version__} ships no XLA FFI headers"
+    return (nvcc, ["-I" + tf.sysconfig.get_include()]), ""
+
+
 def _nvcc_flags():
     """kernels/cuda/nvcc_flags.txt (shared with .ci/cuda_check.sh) plus the architectures."""
     with open(os.path.join(CUDA_DIR, "nvcc_flags.txt")) as f:
@@ -191,6 +233,31 @@ def _build_gpu_library(output, compiler, compile_flags, link_flags, nvcc, cuda_i
         "Fix the error above, or set NESTAD_TF_NO_CUDA=1 to install the CPU kernels only.")
     return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags(),
             "xla": bool(xla_link_flags)}
+
+
+def _build_framework_cuda_library(output, compiler, nvcc, ffi_include, temp):
+    """Compiles kernels/cuda/*.cu and c_api_gpu.cc with nvcc and the XLA:GPU handlers with
+    the C++ compiler (not registered with TensorFlow: JAX registers them), and links them
+    with the CUDA runtime (static) into `output`, which needs no TensorFlow."""
+    os.makedirs(temp, exist_ok=True)
+    include = ["-I" + os.path.join(ROOT, "kernels")]
+    jobs = []
+    for name in sorted(os.listdir(CUDA_DIR)):
+        obj = os.path.join(temp, name + ".o")
+        if name.endswith(".cu") or name == FRAMEWORK_CUDA_C_API:
+            jobs.append(([nvcc] + _nvcc_flags() + include
+                         + ["-c", os.path.join(CUDA_DIR, name), "-o", obj], obj))
+        elif name.endswith(GPU_FFI_SUFFIX):
+            jobs.append(([compiler, "-c"] + CXX_FLAGS + ["--std=c++17"] + ffi_include + include
+                         + ["-DNESTAD_XLA_FFI_UNREGISTERED", os.path.join(CUDA_DIR, name),
+                            "-o", obj], obj))
+    _compile_and_link(
+        [command for command, _ in jobs],
+        [nvcc, "-shared", "-cudart=static"] + _nvcc_flags()[-1:] + [obj for _, obj in jobs]
+        + ["-o", output],
+        "the CUDA kernels for torch/JAX",
+        "Fix the error above, or set NESTAD_FRAMEWORK_CUDA=0 to build without them.")
+    return {"library": os.path.basename(output), "nvcc": nvcc, "nvcc_flags": _nvcc_flags()}
 
 
 class BuildKernels(build_ext):
@@ -251,6 +318,18 @@ class BuildKernels(build_ext):
                     gpu_output, compiler, compile_flags, link_flags, *cuda_plan,
                     os.path.join(self.build_temp, "cuda"), xla_link_flags)
                 self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [gpu_output]
+            framework_plan, no_framework_reason = _framework_cuda_plan()
+            if framework_plan is None:
+                print(f"nestad_tf: no CUDA kernels for torch/JAX ({no_framework_reason})")
+                info["framework_cuda"] = None
+            else:
+                print("nestad_tf: compiling CUDA kernels for torch/JAX with", framework_plan[0])
+                framework_output = os.path.join(os.path.dirname(output),
+                                                FRAMEWORK_CUDA_LIBRARY_NAME)
+                info["framework_cuda"] = _build_framework_cuda_library(
+                    framework_output, compiler, *framework_plan,
+                    os.path.join(self.build_temp, "framework_cuda"))
+                self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [framework_output]
             info_path = os.path.join(os.path.dirname(output), "_build_info.json")
             with open(info_path, "w") as f:
                 json.dump(info, f, indent=2)
@@ -262,7 +341,7 @@ class BuildKernels(build_ext):
         for built in getattr(self, "_build_infos", []):
             shutil.copy(built, os.path.join(ROOT, "nestad_tf", "_build_info.json"))
         for built in getattr(self, "_gpu_libraries", []):
-            shutil.copy(built, os.path.join(ROOT, "nestad_tf", GPU_LIBRARY_NAME))
+            shutil.copy(built, os.path.join(ROOT, "nestad_tf", os.path.basename(built)))
 
     def get_ext_filename(self, ext_name):
         # A plain `.so`, loaded with tf.load_op_library (not a Python extension module).

@@ -3,11 +3,12 @@
 // with ctypes on the tensors' memory). The same loops (cpu_loops.h) as the TF kernels and the
 // XLA FFI handlers, so results are bit-identical to them; attributes are
 // validated by the same functions (ResolveActivation, MakeQuantizer,
-// DerivativeFromOutputError).
+// DerivativeFromOutputError); c_api_util.h has what kernels/cuda/c_api_gpu.cc
+// (the CUDA kernels' interface) shares with this file.
 //
 // Every function returns 0, or 1 after writing what is wrong (NUL-terminated,
 // at most error_size bytes) to `error`. Tensors are contiguous arrays of n
-// elements of `dtype` (kDtype* below); `threads` is how many threads may run
+// elements of `dtype` (c_api_util.h's kDtype*); `threads` is how many threads may run
 // the loops (the caller's intra-op thread count): on the caller's OpenMP team
 // where it has handed one over (nestad_use_openmp), else on std::threads.
 #include <algorithm>
@@ -19,15 +20,15 @@
 
 #include "Eigen/Core"
 #include "batch_norm_activation.h"
+#include "c_api_util.h"
 #include "cpu_loops.h"
 
 namespace nestad {
 namespace {
 
-constexpr int kDtypeFloat16 = 0;
-constexpr int kDtypeBfloat16 = 1;
-constexpr int kDtypeFloat32 = 2;
-constexpr int kDtypeFloat64 = 3;
+using c_api::Fail;
+using c_api::Quantize;
+using c_api::Resolve;
 
 // The caller's OpenMP runtime (libgomp's ABI, which LLVM's and Intel's runtimes
 // also export), handed over by nestad_use_openmp: torch runs its own ops on this
@@ -91,29 +92,20 @@ class ThreadParallelFor {
   int threads_;
 };
 
-int Fail(const std::string& message, char* error, int64_t error_size) {
-  if (error != nullptr && error_size > 0) {
-    const size_t n = std::min<size_t>(message.size(), static_cast<size_t>(error_size - 1));
-    std::memcpy(error, message.data(), n);
-    error[n] = '\0';
-  }
-  return 1;
-}
-
 // Calls fn(S()) for the storage type S of dtype; false for an unknown dtype.
 template <typename Fn>
 bool ForDtype(int dtype, Fn fn) {
   switch (dtype) {
-    case kDtypeFloat16:
+    case c_api::kDtypeFloat16:
       fn(Eigen::half());
       return true;
-    case kDtypeBfloat16:
+    case c_api::kDtypeBfloat16:
       fn(Eigen::bfloat16());
       return true;
-    case kDtypeFloat32:
+    case c_api::kDtypeFloat32:
       fn(float());
       return true;
-    case kDtypeFloat64:
+    case c_api::kDtypeFloat64:
       fn(double());
       return true;
     default:
@@ -121,32 +113,12 @@ bool ForDtype(int dtype, Fn fn) {
   }
 }
 
-constexpr const char kBadDtype[] = "dtype must be float16, bfloat16, float32 or float64";
-
 // Every entry point: 1 and the message if the checks found something wrong (`checked`
 // non-empty) or dtype is unknown, else fn(S()) for dtype's storage type S and 0.
 template <typename Fn>
 int Run(const std::string& checked, int dtype, char* error, int64_t error_size, Fn fn) {
   if (!checked.empty()) return Fail(checked, error, error_size);
-  return ForDtype(dtype, fn) ? 0 : Fail(kBadDtype, error, error_size);
-}
-
-// Validates an activation and its parameters; "" or what is wrong.
-std::string Resolve(const char* activation, const float* params, int num_params, Kind* kind,
-                    std::vector<float>* values) {
-  if (activation == nullptr || num_params < 0) return "no activation name";
-  values->assign(params, params + num_params);
-  return ResolveActivation(activation, *values, kind);
-}
-
-std::string Quantize(const char* format, int bits, const float* breakpoints, int num_breakpoints,
-                     const float* levels, int num_levels, const float* range, int num_range,
-                     Quantizer* q) {
-  if (format == nullptr || num_breakpoints < 0 || num_levels < 0 || num_range < 0) {
-    return "no derivative format";
-  }
-  return MakeQuantizer(format, bits, {breakpoints, breakpoints + num_breakpoints},
-                       {levels, levels + num_levels}, {range, range + num_range}, q);
+  return ForDtype(dtype, fn) ? 0 : Fail(c_api::kBadDtype, error, error_size);
 }
 
 // A fused normalization call's activation and layout, its epsilon checked; "" or what
@@ -164,8 +136,6 @@ std::string ResolveNorm(const char* activation, const float* params, int num_par
 
 }  // namespace
 }  // namespace nestad
-
-#define NESTAD_C_API extern "C" __attribute__((visibility("default")))
 
 // Runs the loops' threads on the caller's OpenMP team from now on: the addresses
 // of GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the runtime the

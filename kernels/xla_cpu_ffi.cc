@@ -299,29 +299,20 @@ NESTAD_XLA_FFI_HANDLER(BatchNormActivationGrad, Host, "Host",
 }  // namespace nestad
 
 // The Host handler of a custom-call target, for XLA runtimes other than
-// TensorFlow's (JAX: nestad_tf/_jax.py registers them with jax.ffi); nullptr
+// TensorFlow's (JAX: nestad_tf/frameworks/jax_backend.py registers them with
+// jax.ffi); nullptr
 // for an unknown target. The handlers speak XLA's versioned C FFI API.
 extern "C" __attribute__((visibility("default"))) void* nestad_xla_ffi_host_handler(
     const char* target) {
-  namespace call = ::nestad::xla_call;
-  struct Entry {
-    const char* target;
-    XLA_FFI_Error* (*handler)(XLA_FFI_CallFrame*);
+  static constexpr ::nestad::xla_call::HandlerEntry kHandlers[] = {
+      NESTAD_XLA_FFI_ENTRY(FusedActivation, Host),
+      NESTAD_XLA_FFI_ENTRY(FusedActivationGrad, Host),
+      NESTAD_XLA_FFI_ENTRY(ActivationForward, Host),
+      NESTAD_XLA_FFI_ENTRY(ActivationGradFromOutput, Host),
+      NESTAD_XLA_FFI_ENTRY(FusedActivationQuantized, Host),
+      NESTAD_XLA_FFI_ENTRY(ActivationGradQuantized, Host),
+      NESTAD_XLA_FFI_ENTRY(BatchNormActivation, Host),
+      NESTAD_XLA_FFI_ENTRY(BatchNormActivationGrad, Host),
   };
-  static constexpr Entry kHandlers[] = {
-      {call::kFusedActivation, ::nestad::kFusedActivationHost},
-      {call::kFusedActivationGrad, ::nestad::kFusedActivationGradHost},
-      {call::kActivationForward, ::nestad::kActivationForwardHost},
-      {call::kActivationGradFromOutput, ::nestad::kActivationGradFromOutputHost},
-      {call::kFusedActivationQuantized, ::nestad::kFusedActivationQuantizedHost},
-      {call::kActivationGradQuantized, ::nestad::kActivationGradQuantizedHost},
-      {call::kBatchNormActivation, ::nestad::kBatchNormActivationHost},
-      {call::kBatchNormActivationGrad, ::nestad::kBatchNormActivationGradHost},
-  };
-  for (const Entry& entry : kHandlers) {
-    if (target != nullptr && std::string_view(target) == entry.target) {
-      return reinterpret_cast<void*>(entry.handler);
-    }
-  }
-  return nullptr;
+  return ::nestad::xla_call::HandlerFor(target, kHandlers);
 }

@@ -206,11 +206,46 @@ auto BindQuantizer(Binding binding) {
 
 // Defines the FFI handler symbol k<Op><Suffix> of each op from the function
 // <Op><Suffix> (its platform context `Context` first, then the buffers and
-// attributes the op's binding lists) and registers it for `platform`.
+// attributes the op's binding lists) and registers it for `platform` with
+// TensorFlow's XLA. With NESTAD_XLA_FFI_UNREGISTERED (the TF-free CUDA library
+// of Keras' JAX backend, nestad_tf/_nestad_cuda.so) nothing registers at load:
+// JAX registers the handlers it looks up (HandlerFor below) with jax.ffi.
+#ifdef NESTAD_XLA_FFI_UNREGISTERED
+#define NESTAD_XLA_FFI_HANDLER(Op, Suffix, platform, binding) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(k##Op##Suffix, Op##Suffix, binding)
+#else
 #define NESTAD_XLA_FFI_HANDLER(Op, Suffix, platform, binding)                       \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(k##Op##Suffix, Op##Suffix, binding);                \
   XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), ::nestad::xla_call::k##Op,   \
                            platform, k##Op##Suffix)
+#endif
+
+namespace nestad {
+namespace xla_call {
+
+// A custom-call target and its handler, for runtimes other than TensorFlow's that
+// register handlers themselves (JAX's jax.ffi.register_ffi_target).
+struct HandlerEntry {
+  const char* target;
+  XLA_FFI_Error* (*handler)(XLA_FFI_CallFrame*);
+};
+
+// The handler of `target` among `entries` as an address, or nullptr.
+template <size_t N>
+void* HandlerFor(const char* target, const HandlerEntry (&entries)[N]) {
+  for (const HandlerEntry& entry : entries) {
+    if (target != nullptr && std::string_view(target) == entry.target) {
+      return reinterpret_cast<void*>(entry.handler);
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace xla_call
+}  // namespace nestad
+
+// One HandlerEntry: op Op's target and its handler k<Op><Suffix>.
+#define NESTAD_XLA_FFI_ENTRY(Op, Suffix) {::nestad::xla_call::k##Op, ::nestad::k##Op##Suffix}
 #define NESTAD_XLA_FFI_BUFFERS(Context) \
   ::xla::ffi::Ffi::Bind().Ctx<Context>().Arg<::xla::ffi::AnyBuffer>()
 #define NESTAD_XLA_FFI_HANDLERS(Suffix, Context, platform)                                \

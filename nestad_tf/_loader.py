@@ -11,8 +11,13 @@ Under a CUDA build of TensorFlow, the GPU kernels of the same ops
 (`_nestad_ops_gpu.so`, built by setup.py when nvcc was available) are loaded
 after the CPU library; if they cannot be, the ops keep their CPU kernels and
 one warning says why.
+
+Keras' torch and JAX backends on CUDA use `_nestad_cuda.so` (`load_framework_cuda`):
+the same CUDA kernels without TensorFlow, built by setup.py where a CUDA build of
+torch or JAX was installed; loaded on the first CUDA tensor, never on the CPU.
 """
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -27,6 +32,7 @@ import tensorflow as tf
 
 LIBRARY_NAME = "_nestad_ops.so"
 GPU_LIBRARY_NAME = "_nestad_ops_gpu.so"
+FRAMEWORK_CUDA_LIBRARY_NAME = "_nestad_cuda.so"
 BUILD_INFO_NAME = "_build_info.json"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # The ops' namespace (kernels/op_util.h NESTAD_OP_NAMESPACE says the same). It
@@ -207,6 +213,52 @@ def _load_gpu_kernels(path: str, build_info: dict) -> str:
     return "loaded"
 
 
+@dataclasses.dataclass(frozen=True)
+class CudaLibrary:
+    """The CUDA kernels of Keras' torch/JAX backends: `cdll` is None when they cannot run."""
+
+    cdll: Optional[ctypes.CDLL]
+    path: str
+    reason: str  # "loaded", or why the kernels cannot run on CUDA tensors here
+
+
+_cuda_result: Optional[CudaLibrary] = None
+
+
+def _load_framework_cuda() -> CudaLibrary:
+    path = os.path.join(os.path.dirname(library_path()), FRAMEWORK_CUDA_LIBRARY_NAME)
+    if os.environ.get("NESTAD_TF_DISABLE_KERNELS"):
+        return CudaLibrary(None, path, "disabled by NESTAD_TF_DISABLE_KERNELS")
+    if not _read_build_info(path).get("framework_cuda") or not os.path.exists(path):
+        return CudaLibrary(None, path, "nestad_tf was built without CUDA kernels for torch/JAX "
+                           "(no nvcc, or no CUDA build of torch or JAX, at build time; "
+                           "NESTAD_FRAMEWORK_CUDA=1 builds them)")
+    problem = _elf_problem(path) if sys.platform.startswith("linux") else None
+    if problem:
+        return CudaLibrary(None, path, f"loading {path} failed ({problem}). " + _REBUILD_HINT)
+    try:
+        cdll = ctypes.CDLL(path)
+    except OSError as error:
+        return CudaLibrary(None, path, f"loading {path} failed ({error}). " + _REBUILD_HINT)
+    error = ctypes.create_string_buffer(512)
+    cdll.nestad_cuda_device_error.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+    cdll.nestad_cuda_device_error.restype = ctypes.c_int
+    if cdll.nestad_cuda_device_error(error, len(error)):
+        return CudaLibrary(None, path, "the CUDA runtime of nestad's kernels finds no usable "
+                           f"device ({error.value.decode()})")
+    return CudaLibrary(cdll, path, "loaded")
+
+
+def load_framework_cuda() -> CudaLibrary:
+    """Loads `_nestad_cuda.so` on first use and asks its CUDA runtime for a device; later
+    calls return the same result."""
+    global _cuda_result
+    with _lock:
+        if _cuda_result is None:
+            _cuda_result = _load_framework_cuda()
+        return _cuda_result
+
+
 def load() -> KernelLibrary:
     """Loads the library on first use; later calls return the same result."""
     global _result
@@ -232,7 +284,8 @@ def warn_once_unavailable() -> None:
 
 def _reset_for_tests() -> None:
     """Forgets the loading result and the warning (tests simulate broken installs)."""
-    global _result, _warned
+    global _result, _warned, _cuda_result
     with _lock:
         _result = None
+        _cuda_result = None
         _warned = False

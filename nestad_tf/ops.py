@@ -623,7 +623,8 @@ def backend_info() -> Dict[str, Any]:
     used), `library`, `built_against` (TF version of the kernels), `tensorflow`,
     `default_backend` (what backend=None means here), `rules` (how "auto" chooses),
     `keras_backend` (the framework nestad runs on: it follows Keras) and, on torch or
-    JAX, `framework_kernels` (whether the kernels run there, or why not).
+    JAX, `framework_kernels` (whether the kernels run there, or why not) and
+    `framework_cuda` (whether their CUDA kernels run on CUDA tensors here, or why not).
     """
     import keras  # pylint: disable=g-import-not-at-top
 
@@ -638,6 +639,7 @@ def backend_info() -> Dict[str, Any]:
             fw = frameworks.current()
             probe = fw.as_float([0.0], "probe")
             extra["framework_kernels"] = fw.kernel_unavailable(probe, library) or "loaded"
+        extra["framework_cuda"] = _loader.load_framework_cuda().reason
     return {**extra,
             "keras_backend": keras.backend.backend(),
         "kernel_available": library.module is not None,
@@ -652,7 +654,8 @@ def backend_info() -> Dict[str, Any]:
             "auto: the fused CPU kernel when it is loaded and no GPU is visible, also under "
             "XLA (jit_compile), where each op is an XLA custom call to the same CPU loops; "
             "otherwise the pure-TF forward-mode AD path. On Keras' torch / JAX backends: the "
-            "same CPU loops for CPU tensors (C interface / jax.ffi custom calls), else "
-            "forward-mode AD of the Keras definition (torch.func.jvp / jax.jvp)"
+            "same CPU loops for CPU tensors (C interface / jax.ffi custom calls), the "
+            "CUDA kernels for CUDA tensors where _nestad_cuda.so was built and finds a "
+            "device, else forward-mode AD of the Keras definition (torch.func.jvp / jax.jvp)"
         ),
     }

@@ -3,7 +3,10 @@
 // the TF-free API of fused_activation_gpu.h on the stream XLA passes, so XLA
 // runs the same CUDA kernels as the TF GPU ops (the same f' codes, byte for
 // byte). Compiled by the C++ compiler against XLA's header-only FFI API (no
-// CUDA or TF headers), into the GPU library.
+// CUDA or TF headers), into the TF GPU library, and with
+// NESTAD_XLA_FFI_UNREGISTERED into the TF-free CUDA library of Keras' JAX
+// backend (nestad_tf/_nestad_cuda.so), which hands them to jax.ffi through
+// nestad_xla_ffi_cuda_handler.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -152,3 +155,19 @@ ffi::Error ActivationGradQuantizedCuda(CUstream_st* stream, ffi::AnyBuffer dy,
 NESTAD_XLA_FFI_HANDLERS(Cuda, ::xla::ffi::PlatformStream<CUstream_st*>, "CUDA");
 
 }  // namespace nestad
+
+// The CUDA handler of a custom-call target, for XLA runtimes other than
+// TensorFlow's (JAX: nestad_tf/frameworks/jax_backend.py registers them with
+// jax.ffi for platform "CUDA"); nullptr for an unknown target.
+extern "C" __attribute__((visibility("default"))) void* nestad_xla_ffi_cuda_handler(
+    const char* target) {
+  static constexpr ::nestad::xla_call::HandlerEntry kHandlers[] = {
+      NESTAD_XLA_FFI_ENTRY(FusedActivation, Cuda),
+      NESTAD_XLA_FFI_ENTRY(FusedActivationGrad, Cuda),
+      NESTAD_XLA_FFI_ENTRY(ActivationForward, Cuda),
+      NESTAD_XLA_FFI_ENTRY(ActivationGradFromOutput, Cuda),
+      NESTAD_XLA_FFI_ENTRY(FusedActivationQuantized, Cuda),
+      NESTAD_XLA_FFI_ENTRY(ActivationGradQuantized, Cuda),
+  };
+  return ::nestad::xla_call::HandlerFor(target, kHandlers);
+}

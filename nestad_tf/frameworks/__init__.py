@@ -342,7 +342,8 @@ def fused_normalization_unavailable(backend: Optional[str] = None, z=None) -> Op
     library = _loader.load()
     if library.module is None:
         return library.reason
-    return fw.kernel_unavailable(fw.as_float([0.0] if z is None else z, "probe"), library)
+    return fw.kernel_unavailable(fw.as_float([0.0] if z is None else z, "probe"), library,
+                                 normalization=True)
 
 
 def batch_norm_activation(z, gamma, beta, mean, variance, spec: registry.ActivationSpec,

@@ -7,8 +7,11 @@
 The kernels are XLA FFI custom calls (`jax.ffi.ffi_call`) to the same Host
 handlers that TensorFlow's XLA lowering calls (kernels/xla_cpu_ffi.cc), so a
 `jax.jit`-compiled step runs the same CPU loops as TensorFlow; they exist only
-where nestad was built with XLA's headers, and on the CPU platform. Elsewhere
-the pure path: jax.jvp of the Keras definition (XLA fuses it). Higher-order
+where nestad was built with XLA's headers. On CUDA the same targets are the
+XLA:GPU handlers of kernels/cuda/xla_gpu_ffi.cc, from the TF-free
+_nestad_cuda.so (built where JAX or torch had CUDA at install time; the fused
+normalization has CPU handlers only). Elsewhere the pure path: jax.jvp of the
+Keras definition (XLA fuses it). Higher-order
 gradients through the kernels are exact where the kept form allows them, as on
 TensorFlow (`with_higher_order`); the pure path's are jax's own.
 
@@ -20,18 +23,19 @@ import functools
 from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
 NAME = "jax"
 
 _FLOAT = ("float16", "bfloat16", "float32", "float64")
-_TARGETS = (
+_ELEMENTWISE_TARGETS = (
     "nestad_fused_activation", "nestad_fused_activation_grad", "nestad_activation_forward",
     "nestad_activation_grad_from_output", "nestad_fused_activation_quantized",
-    "nestad_activation_grad_quantized", "nestad_batch_norm_activation",
-    "nestad_batch_norm_activation_grad",
+    "nestad_activation_grad_quantized",
 )
+_NORM_TARGETS = ("nestad_batch_norm_activation", "nestad_batch_norm_activation_grad")
 
 
 def is_tensor(value) -> bool:
@@ -222,6 +226,20 @@ def _sum_to_shape(t, shape):
 # --- the fused kernels, as XLA FFI custom calls ---
 
 
+def _register(lookup_function, targets, platform: str) -> str:
+    """Registers each target's handler (found by the C function `lookup_function`) with
+    jax.ffi for `platform`; "" or what is missing."""
+    lookup_function.argtypes, lookup_function.restype = [ctypes.c_char_p], ctypes.c_void_p
+    handler_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+    for target in targets:
+        address = lookup_function(target.encode())
+        if not address:
+            return f"the kernel library has no {platform} handler for {target}"
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler_type(address)),
+                                    platform=platform)
+    return ""
+
+
 @functools.lru_cache(maxsize=None)
 def _register_targets() -> str:
     """Registers the Host handlers with jax.ffi; "" or why they cannot be."""
@@ -229,24 +247,34 @@ def _register_targets() -> str:
     library = _loader.load()
     if not library.xla:
         return f"the kernel library has no XLA FFI handlers ({library.xla_reason})"
-    lookup = ctypes.CDLL(library.path).nestad_xla_ffi_host_handler
-    lookup.argtypes, lookup.restype = [ctypes.c_char_p], ctypes.c_void_p
-    handler_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
-    for target in _TARGETS:
-        address = lookup(target.encode())
-        if not address:
-            return f"the kernel library has no handler for {target}"
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler_type(address)),
-                                    platform="cpu")
-    return ""
+    return _register(ctypes.CDLL(library.path).nestad_xla_ffi_host_handler,
+                     _ELEMENTWISE_TARGETS + _NORM_TARGETS, "cpu")
 
 
-def kernel_unavailable(x, library):
-    """Why the kernels cannot run for x, or None."""
-    del x
-    if jax.default_backend() != "cpu":
-        return f"JAX runs on {jax.default_backend()} and the JAX kernels are CPU-only"
-    return _register_targets() or None
+@functools.lru_cache(maxsize=None)
+def _register_cuda_targets() -> str:
+    """Registers the CUDA handlers of _nestad_cuda.so with jax.ffi; "" or why they cannot be."""
+    from .. import _loader  # pylint: disable=g-import-not-at-top
+    cuda = _loader.load_framework_cuda()
+    if cuda.cdll is None:
+        return cuda.reason
+    return _register(cuda.cdll.nestad_xla_ffi_cuda_handler, _ELEMENTWISE_TARGETS, "CUDA")
+
+
+def kernel_unavailable(x, library, normalization: bool = False):
+    """Why the kernels (with `normalization`, the fused normalization's) cannot run for x,
+    or None."""
+    del x, library
+    platform = jax.default_backend()
+    if platform == "cpu":
+        return _register_targets() or None
+    version = jax.extend.backend.get_backend().platform_version
+    if platform != "gpu" or "cuda" not in version.lower():
+        return f"JAX runs on {platform} ({version}) and the JAX kernels run on CPU and CUDA"
+    if normalization:
+        return "JAX runs on CUDA and the fused normalization has CPU kernels only"
+    # the CPU targets too: a computation placed on the CPU may still call them
+    return _register_targets() or _register_cuda_targets() or None
 
 
 def _bits(values) -> np.ndarray:

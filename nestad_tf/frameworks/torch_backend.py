@@ -6,7 +6,10 @@
 
 The kernels are the CPU loops of kernels/ (cpu_loops.h) called through their C
 interface (kernels/c_api.cc) on the tensors' memory, with torch's intra-op
-thread count; CUDA tensors take the pure path (there are no torch CUDA kernels).
+thread count, and for CUDA tensors the CUDA kernels of kernels/cuda/ through
+theirs (kernels/cuda/c_api_gpu.cc, in _nestad_cuda.so), on torch's current
+stream; where that library is not built or finds no device, CUDA tensors take
+the pure path. The fused normalization has CPU loops only.
 A backward pass with create_graph=True (second-order gradients) raises
 SecondOrderGradientError (`_first_order_only`): f' is kept, not x.
 
@@ -219,31 +222,49 @@ def with_higher_order(forward, reference_forward, second, refusal: str = ""):
 # --- the fused kernels, through kernels/c_api.cc ---
 
 
-def kernel_unavailable(x, library):
-    """Why the kernels cannot run on x, or None."""
-    if x.device.type != "cpu":
-        return f"the tensor is on {x.device} and the torch kernels are CPU-only"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _c_api():
+def kernel_unavailable(x, library, normalization: bool = False):
+    """Why the kernels (with `normalization`, the fused normalization's) cannot run on x,
+    or None."""
+    del library
+    if x.device.type == "cpu":
+        return None
+    if x.device.type != "cuda":
+        return f"the tensor is on {x.device} and the torch kernels run on CPU and CUDA tensors"
+    if normalization:
+        return f"the tensor is on {x.device} and the fused normalization has CPU kernels only"
     from .. import _loader  # pylint: disable=g-import-not-at-top
-    lib = ctypes.CDLL(_loader.load().path)
-    p, i, i64, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
-    s, err = ctypes.c_char_p, [ctypes.c_char_p, i64]
-    signatures = {
+    cuda = _loader.load_framework_cuda()
+    return None if cuda.cdll is not None else f"the tensor is on {x.device} and {cuda.reason}"
+
+
+def _c_api_signatures() -> Dict[str, list]:
+    """The element-wise functions of kernels/c_api.cc and their argument types, the last
+    three the thread count and the error buffer (c_api_gpu.cc's nestad_cuda_* take the
+    device and stream in place of the thread count)."""
+    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    f, s, err = ctypes.POINTER(ctypes.c_float), ctypes.c_char_p, [ctypes.c_char_p, i64]
+    return {
         "nestad_fused_forward": [s, f, i, i, p, p, p, i64, i] + err,
         "nestad_fused_backward": [i, p, p, p, i64, i] + err,
         "nestad_forward_only": [s, f, i, i, p, p, i64, i] + err,
         "nestad_backward_from_output": [s, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_forward": [s, f, i, s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_backward": [s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _c_api():
+    from .. import _loader  # pylint: disable=g-import-not-at-top
+    lib = ctypes.CDLL(_loader.load().path)
+    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    f, s, err = ctypes.POINTER(ctypes.c_float), ctypes.c_char_p, [ctypes.c_char_p, i64]
+    signatures = dict(_c_api_signatures(), **{
         "nestad_batch_norm_activation":
             [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 8 + [i] + err,
         "nestad_batch_norm_activation_grad":
             [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 9 + [i] + err,
-    }
+    })
     for name, argtypes in signatures.items():
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = ctypes.c_int
@@ -254,6 +275,18 @@ def _c_api():
     team = _torch_openmp()
     if team is not None:
         lib.nestad_use_openmp(*team)
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_api():
+    from .. import _loader  # pylint: disable=g-import-not-at-top
+    lib = _loader.load_framework_cuda().cdll
+    for name, function in _c_api_signatures().items():
+        # the CPU function's arguments, then the device and stream instead of the thread count
+        cuda_function = getattr(lib, name.replace("nestad_", "nestad_cuda_", 1))
+        cuda_function.argtypes = function[:-3] + [ctypes.c_int, ctypes.c_void_p] + function[-2:]
+        cuda_function.restype = ctypes.c_int
     return lib
 
 
@@ -298,13 +331,22 @@ def _floats(values) -> tuple:
 
 
 _errors = threading.local()  # one message buffer per calling thread
+_CPU = torch.device("cpu")
 
 
-def _run(function: str, *args) -> None:
+def _run(function: str, *args, device: torch.device = _CPU) -> None:
+    """Calls C function `function` of kernels/c_api.cc, or for a CUDA `device` its
+    nestad_cuda_* counterpart on torch's current stream there; ValueError on failure."""
     error = getattr(_errors, "buffer", None)
     if error is None:
         error = _errors.buffer = ctypes.create_string_buffer(512)
-    if getattr(_c_api(), function)(*args, torch.get_num_threads(), error, len(error)):
+    if device.type == "cuda":
+        function = function.replace("nestad_", "nestad_cuda_", 1)
+        status = getattr(_cuda_api(), function)(
+            *args, device.index, torch.cuda.current_stream(device).cuda_stream, error, len(error))
+    else:
+        status = getattr(_c_api(), function)(*args, torch.get_num_threads(), error, len(error))
+    if status:
         raise ValueError(f"nestad kernel ({function}): {error.value.decode()}")
 
 
@@ -353,7 +395,7 @@ def fused_forward(x, kernel_name: str, kernel_params: List[float]):
     y, d = torch.empty_like(x), torch.empty_like(x)
     params, count = _floats(kernel_params)
     _run("nestad_fused_forward", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
-         x.data_ptr(), y.data_ptr(), d.data_ptr(), x.numel())
+         x.data_ptr(), y.data_ptr(), d.data_ptr(), x.numel(), device=x.device)
     return y, d
 
 
@@ -361,7 +403,7 @@ def fused_backward(dy, d):
     dy = _like(dy, d)
     dx = torch.empty_like(d)
     _run("nestad_fused_backward", _DTYPE_CODES[d.dtype], dy.data_ptr(), d.data_ptr(),
-         dx.data_ptr(), d.numel())
+         dx.data_ptr(), d.numel(), device=d.device)
     return dx
 
 
@@ -370,7 +412,7 @@ def forward_only(x, kernel_name: str, kernel_params: List[float]):
     y = torch.empty_like(x)
     params, count = _floats(kernel_params)
     _run("nestad_forward_only", kernel_name.encode(), params, count, _DTYPE_CODES[x.dtype],
-         x.data_ptr(), y.data_ptr(), x.numel())
+         x.data_ptr(), y.data_ptr(), x.numel(), device=x.device)
     return y
 
 
@@ -379,7 +421,8 @@ def backward_from_output(dy, y, kernel_name: str, kernel_params: List[float]):
     dx = torch.empty_like(y)
     params, count = _floats(kernel_params)
     _run("nestad_backward_from_output", kernel_name.encode(), params, count,
-         _DTYPE_CODES[y.dtype], dy.data_ptr(), y.data_ptr(), dx.data_ptr(), y.numel())
+         _DTYPE_CODES[y.dtype], dy.data_ptr(), y.data_ptr(), dx.data_ptr(), y.numel(),
+         device=y.device)
     return dx
 
 
@@ -396,11 +439,11 @@ def quantized_forward(x, kernel_name: str, kernel_params: List[float], quantizer
     x = _dense(x)
     y = torch.empty_like(x)
     code = torch.empty(int(_c_api().nestad_packed_bytes(x.numel(), int(quantizer["bits"]))),
-                       dtype=torch.uint8)
+                       dtype=torch.uint8, device=x.device)
     params, count = _floats(kernel_params)
     _run("nestad_quantized_forward", kernel_name.encode(), params, count,
          *_quantizer_args(quantizer), _DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(),
-         code.data_ptr(), x.numel())
+         code.data_ptr(), x.numel(), device=x.device)
     return y, code
 
 
@@ -408,7 +451,7 @@ def quantized_backward(dy, code, quantizer: Dict):
     dy = _dense(dy)
     dx = torch.empty_like(dy)
     _run("nestad_quantized_backward", *_quantizer_args(quantizer), _DTYPE_CODES[dy.dtype],
-         dy.data_ptr(), code.data_ptr(), dx.data_ptr(), dy.numel())
+         dy.data_ptr(), code.data_ptr(), dx.data_ptr(), dy.numel(), device=dy.device)
     return dx
 
 

@@ -519,3 +519,61 @@ def test_second_order_gradient_through_the_fused_normalization_raises():
     loss = layer(z, training=True).sum() + (z ** 2).sum()
     with pytest.raises(nestad_tf.SecondOrderGradientError, match="create_graph=True"):
         torch.autograd.grad(loss, z, create_graph=True)
+
+
+# --- CUDA tensors: the kernels of _nestad_cuda.so where it loads, else the pure path ---
+
+
+def _cuda_reason() -> str:
+    from nestad_tf import _loader  # pylint: disable=g-import-not-at-top
+    return _loader.load_framework_cuda().reason
+
+
+@pytest.mark.skipif(FRAMEWORK != "torch", reason="torch tensors' devices")
+def test_torch_chooses_the_kernels_by_the_tensors_device():
+    """CPU tensors: the CPU loops; CUDA tensors: the CUDA kernels where _nestad_cuda.so
+    loads and finds the device, else why not (the pure path's reason); other devices and
+    the fused normalization on CUDA: why not. (Only the device is read: a stand-in.)"""
+    import types  # pylint: disable=g-import-not-at-top
+
+    import torch  # pylint: disable=g-import-not-at-top
+    from nestad_tf.frameworks import torch_backend  # pylint: disable=g-import-not-at-top
+
+    def on(device):
+        return types.SimpleNamespace(device=torch.device(device))
+
+    assert torch_backend.kernel_unavailable(on("cpu"), None) is None
+    assert torch_backend.kernel_unavailable(on("cpu"), None, normalization=True) is None
+    reason = _cuda_reason()
+    expected = None if reason == "loaded" else f"the tensor is on cuda:0 and {reason}"
+    assert torch_backend.kernel_unavailable(on("cuda:0"), None) == expected
+    assert "CPU kernels only" in torch_backend.kernel_unavailable(on("cuda:0"), None,
+                                                                 normalization=True)
+    assert "run on CPU and CUDA tensors" in torch_backend.kernel_unavailable(on("meta"), None)
+
+
+@pytest.mark.skipif(FRAMEWORK != "jax", reason="JAX's platforms")
+def test_jax_chooses_the_kernels_by_its_platform(monkeypatch):
+    """On the CPU platform the Host handlers; on CUDA the XLA:GPU handlers of
+    _nestad_cuda.so where it loads, else why not; on another GPU platform (ROCm) and
+    for the fused normalization on CUDA: why not."""
+    import types  # pylint: disable=g-import-not-at-top
+
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.extend  # pylint: disable=g-import-not-at-top
+    from nestad_tf.frameworks import jax_backend  # pylint: disable=g-import-not-at-top
+
+    assert jax_backend.kernel_unavailable(None, None) is None  # this machine: cpu
+    reason = _cuda_reason()
+
+    def platform(name, version):
+        monkeypatch.setattr(jax, "default_backend", lambda: name)
+        monkeypatch.setattr(jax.extend.backend, "get_backend",
+                            lambda: types.SimpleNamespace(platform_version=version))
+
+    platform("gpu", "cuda 12080")
+    if reason != "loaded":  # registering the CUDA targets needs a usable device
+        assert jax_backend.kernel_unavailable(None, None) == reason
+    assert "CPU kernels only" in jax_backend.kernel_unavailable(None, None, normalization=True)
+    platform("gpu", "rocm 60302")
+    assert "the JAX kernels run on CPU and CUDA" in jax_backend.kernel_unavailable(None, None)
