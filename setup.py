@@ -307,33 +307,34 @@ class BuildKernels(build_ext):
                 "machine": platform.machine(),
                 "xla": bool(xla_link_flags),
             }
-            cuda_plan, no_cuda_reason = _cuda_build_plan()
-            if cuda_plan is None:
-                print(f"nestad_tf: CPU kernels only ({no_cuda_reason})")
-                info["cuda"] = None
-            else:
-                print("nestad_tf: compiling GPU kernels with", cuda_plan[0])
-                gpu_output = os.path.join(os.path.dirname(output), GPU_LIBRARY_NAME)
-                info["cuda"] = _build_gpu_library(
-                    gpu_output, compiler, compile_flags, link_flags, *cuda_plan,
-                    os.path.join(self.build_temp, "cuda"), xla_link_flags)
-                self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [gpu_output]
-            framework_plan, no_framework_reason = _framework_cuda_plan()
-            if framework_plan is None:
-                print(f"nestad_tf: no CUDA kernels for torch/JAX ({no_framework_reason})")
-                info["framework_cuda"] = None
-            else:
-                print("nestad_tf: compiling CUDA kernels for torch/JAX with", framework_plan[0])
-                framework_output = os.path.join(os.path.dirname(output),
-                                                FRAMEWORK_CUDA_LIBRARY_NAME)
-                info["framework_cuda"] = _build_framework_cuda_library(
-                    framework_output, compiler, *framework_plan,
-                    os.path.join(self.build_temp, "framework_cuda"))
-                self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [framework_output]
+            info["cuda"] = self._build_gpu_library(
+                output, GPU_LIBRARY_NAME, "GPU kernels for TensorFlow", _cuda_build_plan(),
+                lambda path, nvcc, cuda_include: _build_gpu_library(
+                    path, compiler, compile_flags, link_flags, nvcc, cuda_include,
+                    os.path.join(self.build_temp, "cuda"), xla_link_flags))
+            info["framework_cuda"] = self._build_gpu_library(
+                output, FRAMEWORK_CUDA_LIBRARY_NAME, "CUDA kernels for torch/JAX",
+                _framework_cuda_plan(),
+                lambda path, nvcc, ffi_include: _build_framework_cuda_library(
+                    path, compiler, nvcc, ffi_include,
+                    os.path.join(self.build_temp, "framework_cuda")))
             info_path = os.path.join(os.path.dirname(output), "_build_info.json")
             with open(info_path, "w") as f:
                 json.dump(info, f, indent=2)
             self._build_infos = getattr(self, "_build_infos", []) + [info_path]
+
+    def _build_gpu_library(self, output, name, what, plan_and_reason, build):
+        """build(path, *plan) of an optional library `name` beside `output`, or a line saying
+        why not; returns its build-info entry (None when not built)."""
+        plan, reason = plan_and_reason
+        if plan is None:
+            print(f"nestad_tf: no {what} ({reason})")
+            return None
+        print(f"nestad_tf: compiling {what} with", plan[0])
+        path = os.path.join(os.path.dirname(output), name)
+        entry = build(path, *plan)
+        self._gpu_libraries = getattr(self, "_gpu_libraries", []) + [path]
+        return entry
 
     def copy_extensions_to_source(self):
         # Editable installs: the build info travels with the library.

@@ -72,6 +72,22 @@ int Run(const std::string& checked, int dtype, int device, char* error, int64_t 
 
 CUstream_st* AsStream(void* stream) { return static_cast<CUstream_st*>(stream); }
 
+// The forward entry points: the activation checked, then `quantizer_error` (the
+// checks of the quantizer, if any), then LaunchFusedForward keeping f' as `storage` says.
+int Forward(const char* activation, const float* params, int num_params, int dtype,
+            gpu::DerivativeStorage storage, const std::string& quantizer_error,
+            const Quantizer* quantizer, const void* x, void* y, void* derivative, int64_t n,
+            int device, void* stream, char* error, int64_t error_size) {
+  gpu::ForwardArgs args;
+  std::vector<float> values;
+  std::string e = c_api::Resolve(activation, params, num_params, &args.kind, &values);
+  if (e.empty()) e = quantizer_error;
+  return Run(e, dtype, device, error, error_size, [&](gpu::ElementType type) {
+    args = {args.kind, values.data(), type, storage, n, x, y, derivative, quantizer};
+    return gpu::LaunchFusedForward(args, AsStream(stream));
+  });
+}
+
 }  // namespace
 }  // namespace nestad
 
@@ -93,13 +109,8 @@ NESTAD_C_API int nestad_cuda_fused_forward(const char* activation, const float* 
                                            void* d, int64_t n, int device, void* stream,
                                            char* error, int64_t error_size) {
   using namespace nestad;  // NOLINT
-  gpu::ForwardArgs args;
-  std::vector<float> values;
-  return Run(c_api::Resolve(activation, params, num_params, &args.kind, &values), dtype, device,
-             error, error_size, [&](gpu::ElementType type) {
-    args = {args.kind, values.data(), type, gpu::DerivativeStorage::kExact, n, x, y, d};
-    return gpu::LaunchFusedForward(args, AsStream(stream));
-  });
+  return Forward(activation, params, num_params, dtype, gpu::DerivativeStorage::kExact, "",
+                 nullptr, x, y, d, n, device, stream, error, error_size);
 }
 
 // dx = dy * d (FusedActivationGrad).
@@ -119,13 +130,8 @@ NESTAD_C_API int nestad_cuda_forward_only(const char* activation, const float* p
                                           int64_t n, int device, void* stream, char* error,
                                           int64_t error_size) {
   using namespace nestad;  // NOLINT
-  gpu::ForwardArgs args;
-  std::vector<float> values;
-  return Run(c_api::Resolve(activation, params, num_params, &args.kind, &values), dtype, device,
-             error, error_size, [&](gpu::ElementType type) {
-    args = {args.kind, values.data(), type, gpu::DerivativeStorage::kFromOutput, n, x, y, nullptr};
-    return gpu::LaunchFusedForward(args, AsStream(stream));
-  });
+  return Forward(activation, params, num_params, dtype, gpu::DerivativeStorage::kFromOutput, "",
+                 nullptr, x, y, nullptr, n, device, stream, error, error_size);
 }
 
 // dx = dy * f'(x), f' recomputed from y (ActivationGradFromOutput).
@@ -153,19 +159,11 @@ NESTAD_C_API int nestad_cuda_quantized_forward(
     const float* range, int num_range, int dtype, const void* x, void* y, void* code, int64_t n,
     int device, void* stream, char* error, int64_t error_size) {
   using namespace nestad;  // NOLINT
-  gpu::ForwardArgs args;
-  std::vector<float> values;
   Quantizer q;
-  std::string e = c_api::Resolve(activation, params, num_params, &args.kind, &values);
-  if (e.empty()) {
-    e = c_api::Quantize(format, bits, breakpoints, num_breakpoints, levels, num_levels, range,
-                        num_range, &q);
-  }
-  return Run(e, dtype, device, error, error_size, [&](gpu::ElementType type) {
-    args = {args.kind, values.data(), type, gpu::DerivativeStorage::kQuantized, n, x, y, code,
-            &q};
-    return gpu::LaunchFusedForward(args, AsStream(stream));
-  });
+  const std::string quantizer_error = c_api::Quantize(
+      format, bits, breakpoints, num_breakpoints, levels, num_levels, range, num_range, &q);
+  return Forward(activation, params, num_params, dtype, gpu::DerivativeStorage::kQuantized,
+                 quantizer_error, &q, x, y, code, n, device, stream, error, error_size);
 }
 
 // dx = dy * f'(x), f' decoded from the packed codes (ActivationGradQuantized).

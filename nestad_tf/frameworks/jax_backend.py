@@ -273,8 +273,8 @@ def kernel_unavailable(x, library, normalization: bool = False):
         return f"JAX runs on {platform} ({version}) and the JAX kernels run on CPU and CUDA"
     if normalization:
         return "JAX runs on CUDA and the fused normalization has CPU kernels only"
-    # the CPU targets too: a computation placed on the CPU may still call them
-    return _register_targets() or _register_cuda_targets() or None
+    _register_targets()  # too, where it can: a computation placed on the CPU may call them
+    return _register_cuda_targets() or None
 
 
 def _bits(values) -> np.ndarray:
