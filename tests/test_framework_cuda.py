@@ -11,7 +11,10 @@ tools/gpu_check (the same launchers) and by the framework tests on a CUDA machin
 """
 
 import ctypes
+import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -168,3 +171,20 @@ def test_loader_without_the_library(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("NESTAD_TF_LIBRARY")
         _loader._reset_for_tests()  # pylint: disable=protected-access
+
+
+@pytest.mark.subprocess
+def test_gpu_check_script_self_check():
+    """tools/gpu_check/frameworks_check.py (what a GPU machine runs against this library)
+    keeps up with the C interfaces: its torch and JAX checks, run on the CPU through
+    kernels/c_api.cc and the Host handlers, pass."""
+    for framework in ("torch", "jax"):
+        if importlib.util.find_spec(framework) is None:
+            pytest.skip(f"{framework} is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "tools", "gpu_check", "frameworks_check.py"),
+         "--self-check"], capture_output=True, text=True, timeout=600, check=False,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "FAIL" not in result.stdout and ", 0 failed" in result.stdout
