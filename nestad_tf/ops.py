@@ -654,8 +654,9 @@ def backend_info() -> Dict[str, Any]:
             "auto: the fused CPU kernel when it is loaded and no GPU is visible, also under "
             "XLA (jit_compile), where each op is an XLA custom call to the same CPU loops; "
             "otherwise the pure-TF forward-mode AD path. On Keras' torch / JAX backends: the "
-            "same CPU loops for CPU tensors (C interface / jax.ffi custom calls), the "
-            "CUDA kernels for CUDA tensors where _nestad_cuda.so was built and finds a "
-            "device, else forward-mode AD of the Keras definition (torch.func.jvp / jax.jvp)"
+            "same CPU loops for CPU tensors (C interface / jax.ffi custom calls), else "
+            "forward-mode AD of the Keras definition (torch.func.jvp / jax.jvp); "
+            "backend='kernel' runs the CUDA kernels on CUDA where _nestad_cuda.so was built "
+            "and finds a device (not yet verified on a GPU, so not chosen by auto)"
         ),
     }

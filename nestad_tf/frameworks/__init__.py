@@ -13,12 +13,15 @@ only f'(x) (or the `derivative=` form of it) for each activation:
 Where f' comes from, by `backend=` (the names are the TensorFlow ones):
   * "kernel": the fused C++ loops of kernels/ (the same ones TensorFlow runs):
     on torch through a C interface (kernels/c_api.cc), on JAX as XLA FFI custom
-    calls with the handlers TensorFlow's XLA lowering uses (kernels/xla_cpu_ffi.cc).
-    CPU tensors only: there are no torch/JAX GPU kernels.
+    calls with the handlers TensorFlow's XLA lowering uses (kernels/xla_cpu_ffi.cc);
+    on CUDA the CUDA kernels of kernels/cuda/ from _nestad_cuda.so (c_api_gpu.cc,
+    xla_gpu_ffi.cc) where that library was built and finds the device.
   * "tf" (the pure path): forward-mode AD of the activation's Keras definition on
     that framework (`torch.func.jvp`, `jax.jvp`), one unit tangent through f.
-  * "auto": "kernel" where it can run (the library is loaded, the tensor is on the
-    CPU, and for JAX the library has its XLA handlers), else the pure path.
+  * "auto": "kernel" where it can run on the CPU (the library is loaded, and for
+    JAX it has its XLA handlers), else the pure path. On CUDA "auto" takes the pure
+    path, as TensorFlow's does with a GPU visible, until the CUDA kernels have been
+    verified on a GPU (tools/gpu_check/frameworks_check.py); "kernel" uses them.
 
 User activations (`register_activation`, `forward_ad`) are written with
 `keras.ops` (backend-neutral) and always take the pure path; tensor parameters
@@ -91,6 +94,9 @@ def resolve_backend(fw, x, backend: Optional[str], has_kernel: bool = True) -> s
             why_not = library.reason
         else:
             why_not = fw.kernel_unavailable(x, library)
+    if why_not is None and backend == "auto" and fw.on_gpu(x):
+        _warn_once_unverified_cuda(fw)
+        return "tf"
     if why_not is None:
         return "kernel"
     if backend == "kernel":
@@ -99,6 +105,15 @@ def resolve_backend(fw, x, backend: Optional[str], has_kernel: bool = True) -> s
     if has_kernel and _loader.load().module is None:
         _loader.warn_once_unavailable()
     return "tf"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once_unverified_cuda(fw) -> None:
+    warnings.warn(
+        f"nestad_tf on {fw.NAME}: backend='auto' uses the pure path (forward-mode AD, also "
+        "keeping only f') on CUDA: the CUDA kernels have not been verified on a GPU yet "
+        "(`python tools/gpu_check/frameworks_check.py` checks them). backend='kernel' "
+        "uses them.", RuntimeWarning, stacklevel=4)
 
 
 def _warn_uncompressed(name: str, derivative: str, why: str) -> None:

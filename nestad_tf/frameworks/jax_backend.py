@@ -261,6 +261,12 @@ def _register_cuda_targets() -> str:
     return _register(cuda.cdll.nestad_xla_ffi_cuda_handler, _ELEMENTWISE_TARGETS, "CUDA")
 
 
+def on_gpu(x) -> bool:
+    """Whether JAX computes on a GPU (its default backend: where a jitted step runs)."""
+    del x
+    return jax.default_backend() == "gpu"
+
+
 def kernel_unavailable(x, library, normalization: bool = False):
     """Why the kernels (with `normalization`, the fused normalization's) cannot run for x,
     or None."""

@@ -222,6 +222,11 @@ def with_higher_order(forward, reference_forward, second, refusal: str = ""):
 # --- the fused kernels, through kernels/c_api.cc ---
 
 
+def on_gpu(x) -> bool:
+    """Whether x lives on a CUDA device."""
+    return x.device.type == "cuda"
+
+
 def kernel_unavailable(x, library, normalization: bool = False):
     """Why the kernels (with `normalization`, the fused normalization's) cannot run on x,
     or None."""

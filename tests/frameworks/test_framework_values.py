@@ -552,6 +552,27 @@ def test_torch_chooses_the_kernels_by_the_tensors_device():
     assert "run on CPU and CUDA tensors" in torch_backend.kernel_unavailable(on("meta"), None)
 
 
+@pytest.mark.skipif(FRAMEWORK != "torch", reason="torch tensors' devices")
+def test_auto_keeps_the_pure_path_on_cuda_until_the_kernels_are_verified(monkeypatch):
+    """Where the CUDA kernels could run, "auto" still takes the pure path (one warning),
+    as TensorFlow's "auto" does with a GPU visible; "kernel" takes them."""
+    import types  # pylint: disable=g-import-not-at-top
+
+    import torch  # pylint: disable=g-import-not-at-top
+    from nestad_tf import frameworks  # pylint: disable=g-import-not-at-top
+    from nestad_tf.frameworks import torch_backend  # pylint: disable=g-import-not-at-top
+
+    monkeypatch.setattr(torch_backend, "kernel_unavailable", lambda x, library: None)
+    frameworks._warn_once_unverified_cuda.cache_clear()  # pylint: disable=protected-access
+    fake = types.SimpleNamespace(device=torch.device("cuda", 0))
+    with pytest.warns(RuntimeWarning, match="pure path .* on CUDA"):
+        assert frameworks.resolve_backend(torch_backend, fake, "auto") == "tf"
+    assert frameworks.resolve_backend(torch_backend, fake, "kernel") == "kernel"
+    on_cpu = tensor([1.0])
+    assert not torch_backend.on_gpu(on_cpu)
+    assert frameworks.resolve_backend(torch_backend, on_cpu, "auto") == "kernel"
+
+
 @pytest.mark.skipif(FRAMEWORK != "jax", reason="JAX's platforms")
 def test_jax_chooses_the_kernels_by_its_platform(monkeypatch):
     """On the CPU platform the Host handlers; on CUDA the XLA:GPU handlers of
