@@ -372,8 +372,15 @@ def float_literal(value) -> str:
     return text + "f"
 
 
+def stated_error(value: float) -> float:
+    """An error statistic as the files state it: 10 significant digits. Its last bits come
+    from float64 sums whose rounding differs between CPUs (numpy's SIMD paths), and the
+    shipped files must be the script's output on every machine."""
+    return float(f"{float(value):.10g}")
+
+
 def double_literal(value: float) -> str:
-    return repr(float(value))
+    return repr(stated_error(value))
 
 
 def render_header(tables: Sequence[Table],
@@ -453,8 +460,8 @@ def render_json(tables: Sequence[Table],
             {"activation": t.activation, "bits": t.bits, "num_levels": 2 ** t.bits,
              "breakpoints": [float(b) for b in t.breakpoints],
              "levels": [float(v) for v in t.levels],
-             "expected_squared_error": t.expected_squared_error,
-             "max_abs_error": t.max_abs_error}
+             "expected_squared_error": stated_error(t.expected_squared_error),
+             "max_abs_error": stated_error(t.max_abs_error)}
             for t in tables
         ],
         "ranges": [{"activation": name, "lo": float(lo), "hi": float(hi),
