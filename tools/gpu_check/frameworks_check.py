@@ -24,6 +24,7 @@ The kernels' accuracy over every activation and their bandwidth: tools/gpu_check
 """
 
 import argparse
+import ast
 import ctypes
 import os
 import sys
@@ -47,8 +48,22 @@ ACTIVATIONS = {
     "log_sigmoid": lambda t, F: F.logsigmoid(t),
 }
 FROM_OUTPUT = ("sigmoid", "tanh")  # f' is a function of y: only y is kept
-# tests/conftest.py's TOLERANCES (rtol = atol), by dtype name.
-TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-5, "float64": 1e-7}
+
+
+def conftest_tolerances():
+    """TOLERANCES of tests/conftest.py as {dtype name: (rtol, atol)}, read with ast (the file
+    imports TensorFlow), as tools/gpu_check/run.sh reads them."""
+    with open(os.path.join(ROOT, "tests", "conftest.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TOLERANCES":
+            return {key.attr: tuple(ast.literal_eval(k.value) for k in value.keywords
+                                    if k.arg in ("rtol", "atol"))
+                    for key, value in zip(node.value.keys, node.value.values)}
+    raise SystemExit("frameworks_check: no TOLERANCES in tests/conftest.py")
+
+
+TOLERANCE = conftest_tolerances()  # dtype name -> (rtol, atol)
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 UINT8_RANGE = (-0.25, 1.25)  # covers f' of silu, gelu and mish
 N = 1 << 16
@@ -59,16 +74,18 @@ class Report:
         self.failed = self.passed = 0
 
     def check(self, what, actual, expected, tolerance):
-        """actual vs expected (float64 numpy, NaN where expected is NaN)."""
+        """actual vs expected (float64 numpy, NaN where expected is NaN) within
+        tolerance = (rtol, atol)."""
+        rtol, atol = tolerance
         error = np.abs(actual - expected)
-        bad = ~((error <= tolerance + tolerance * np.abs(expected))
+        bad = ~((error <= atol + rtol * np.abs(expected))
                 | (np.isnan(actual) & np.isnan(expected)) | (actual == expected))
         ok = not bad.any()
         self.passed += ok
         self.failed += not ok
         worst = float(np.nanmax(np.where(np.isfinite(error), error, 0.0))) if error.size else 0.0
         detail = "" if ok else f"  {int(bad.sum())} of {bad.size} off, first at x index {int(np.argmax(bad))}"
-        print(f"{'ok  ' if ok else 'FAIL'} {what}: max |error| {worst:.3g} (tolerance {tolerance:g}){detail}")
+        print(f"{'ok  ' if ok else 'FAIL'} {what}: max |error| {worst:.3g} (rtol {rtol:g}, atol {atol:g}){detail}")
 
 
 def load_library(path):
@@ -160,7 +177,8 @@ def check_torch(lib, report, self_check=False):
                          y_only.double().cpu().numpy()[finite], y_ref[finite], tolerance)
             expected = (dy.double().cpu().numpy() * d_ref)[finite]
             report.check(f"torch {label} {name} {dtype_name} dx from y",
-                         dx_from_y.double().cpu().numpy()[finite], expected, 2 * tolerance)
+                         dx_from_y.double().cpu().numpy()[finite], expected,
+                         tuple(2 * t for t in tolerance))
 
     def run_uint8(name, device):
         x = torch.as_tensor(sample(), device=device, dtype=torch.float32)
@@ -178,7 +196,7 @@ def check_torch(lib, report, self_check=False):
         step = (UINT8_RANGE[1] - UINT8_RANGE[0]) / 254  # kernels/storage.h: 254 steps, 255 = NaN
         finite = np.isfinite(d_ref)
         report.check(f"torch {name} uint8 f' (half a step)", dx.double().cpu().numpy()[finite],
-                     d_ref[finite], step / 2 + 1e-6)
+                     d_ref[finite], (0.0, step / 2 + 1e-6))
 
     def run_all(device, label):
         for name in ACTIVATIONS:
@@ -198,7 +216,7 @@ def check_torch(lib, report, self_check=False):
         with torch.cuda.device(0):  # another device is current: the call switches and back
             run_dtype("mish", "float32", last, f"on {last} while cuda:0 is current")
             report.check("torch current device restored", np.array([torch.cuda.current_device()]),
-                         np.array([0.0]), 0.0)
+                         np.array([0.0]), (0.0, 0.0))
 
 
 # --- JAX ---
@@ -239,7 +257,8 @@ def check_jax(lib, report, self_check=False):
             y, d, dx = fused(x)
             x32 = x.astype(jnp.float32)
             y_ref, d_ref = jax.jvp(fn, (x32,), (jnp.ones_like(x32),))
-            tolerance = TOLERANCE[dtype_name] * (10 if dtype_name == "float32" else 1)  # fp32 ref
+            scale = 10 if dtype_name == "float32" else 1  # the reference is float32 too
+            tolerance = tuple(scale * t for t in TOLERANCE[dtype_name])
             for what, actual, expected in (("y", y, y_ref), ("f'", d, d_ref), ("dx", dx, d)):
                 report.check(f"jax {name} {dtype_name} {what}", np.asarray(actual, np.float64),
                              np.asarray(expected, np.float64), tolerance)
