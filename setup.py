@@ -313,12 +313,12 @@ class BuildKernels(build_ext):
                 "machine": platform.machine(),
                 "xla": bool(xla_link_flags),
             }
-            info["cuda"] = self._build_gpu_library(
+            info["cuda"] = self._build_optional_library(
                 output, GPU_LIBRARY_NAME, "GPU kernels for TensorFlow", _cuda_build_plan(),
                 lambda path, nvcc, cuda_include: _build_gpu_library(
                     path, compiler, compile_flags, link_flags, nvcc, cuda_include,
                     os.path.join(self.build_temp, "cuda"), xla_link_flags))
-            info["framework_cuda"] = self._build_gpu_library(
+            info["framework_cuda"] = self._build_optional_library(
                 output, FRAMEWORK_CUDA_LIBRARY_NAME, "CUDA kernels for torch/JAX",
                 _framework_cuda_plan(),
                 lambda path, nvcc, ffi_include: _build_framework_cuda_library(
@@ -329,7 +329,7 @@ class BuildKernels(build_ext):
                 json.dump(info, f, indent=2)
             self._build_infos = getattr(self, "_build_infos", []) + [info_path]
 
-    def _build_gpu_library(self, output, name, what, plan_and_reason, build):
+    def _build_optional_library(self, output, name, what, plan_and_reason, build):
         """build(path, *plan) of an optional library `name` beside `output`, or a line saying
         why not; returns its build-info entry (None when not built)."""
         plan, reason = plan_and_reason

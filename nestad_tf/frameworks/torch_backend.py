@@ -242,12 +242,14 @@ def kernel_unavailable(x, library, normalization: bool = False):
     return None if cuda.cdll is not None else f"the tensor is on {x.device} and {cuda.reason}"
 
 
-def _c_api_signatures() -> Dict[str, list]:
-    """The element-wise functions of kernels/c_api.cc and their argument types, the last
-    three the thread count and the error buffer (c_api_gpu.cc's nestad_cuda_* take the
-    device and stream in place of the thread count)."""
+def _c_api_signatures(normalization: bool = False) -> Dict[str, list]:
+    """The element-wise functions of kernels/c_api.cc (with `normalization`, the fused
+    normalization's too) and their argument types, the last three the thread count and
+    the error buffer (c_api_gpu.cc's nestad_cuda_* take the device and stream in place of
+    the thread count; it has no normalization)."""
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     f, s, err = ctypes.POINTER(ctypes.c_float), ctypes.c_char_p, [ctypes.c_char_p, i64]
+    norm = [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i]
     return {
         "nestad_fused_forward": [s, f, i, i, p, p, p, i64, i] + err,
         "nestad_fused_backward": [i, p, p, p, i64, i] + err,
@@ -255,6 +257,9 @@ def _c_api_signatures() -> Dict[str, list]:
         "nestad_backward_from_output": [s, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_forward": [s, f, i, s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
         "nestad_quantized_backward": [s, i, f, i, f, i, f, i, i, p, p, p, i64, i] + err,
+        **({"nestad_batch_norm_activation": norm + [p] * 8 + [i] + err,
+            "nestad_batch_norm_activation_grad": norm + [p] * 9 + [i] + err}
+           if normalization else {}),
     }
 
 
@@ -262,20 +267,12 @@ def _c_api_signatures() -> Dict[str, list]:
 def _c_api():
     from .. import _loader  # pylint: disable=g-import-not-at-top
     lib = ctypes.CDLL(_loader.load().path)
-    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    f, s, err = ctypes.POINTER(ctypes.c_float), ctypes.c_char_p, [ctypes.c_char_p, i64]
-    signatures = dict(_c_api_signatures(), **{
-        "nestad_batch_norm_activation":
-            [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 8 + [i] + err,
-        "nestad_batch_norm_activation_grad":
-            [s, f, i, ctypes.c_float, i, i, i, ctypes.POINTER(i64), i] + [p] * 9 + [i] + err,
-    })
-    for name, argtypes in signatures.items():
+    for name, argtypes in _c_api_signatures(normalization=True).items():
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = ctypes.c_int
-    lib.nestad_packed_bytes.argtypes = [i64, i]
-    lib.nestad_packed_bytes.restype = i64
-    lib.nestad_use_openmp.argtypes = [p, p, p]
+    lib.nestad_packed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int]
+    lib.nestad_packed_bytes.restype = ctypes.c_int64
+    lib.nestad_use_openmp.argtypes = [ctypes.c_void_p] * 3
     lib.nestad_use_openmp.restype = ctypes.c_int
     team = _torch_openmp()
     if team is not None:
